@@ -1,0 +1,1 @@
+"""The model benchmark suite: backends, LoadGen scenarios, trackers, reporters."""

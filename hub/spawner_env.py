@@ -1,0 +1,42 @@
+"""What every AI Factory spawner adds to a user's server environment.
+
+Mixed into both the local and the Slurm spawner, so that inside any session
+`import mlflow; mlflow.log_metric("x", 1)` works with no configuration.
+"""
+
+from traitlets import Bool, Unicode
+from traitlets.config import Configurable
+
+
+class PlatformEnvMixin(Configurable):
+    """Adds the MLflow tracking settings of the platform to the server's environment."""
+
+    mlflow_tracking_uri = Unicode(
+        "",
+        help="""URL of the hub's MLflow service as seen from a user's server
+        (e.g. https://hub.example.eu/services/mlflow). Empty: MLflow is not configured.""",
+    ).tag(config=True)
+
+    mlflow_async_logging = Bool(
+        True,
+        help="""Make MLflow logging asynchronous in users' sessions, so that a naive
+        per-step `mlflow.log_metric` loop is batched instead of paying one HTTP round
+        trip per point.""",
+    ).tag(config=True)
+
+    def get_env(self):
+        env = super().get_env()
+        if self.mlflow_tracking_uri:
+            env.update(self.mlflow_env())
+        return env
+
+    def mlflow_env(self):
+        env = {
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            # the server's own hub token; the hub's "server" role grants it access to the service
+            "MLFLOW_TRACKING_TOKEN": self.api_token,
+            "MLFLOW_EXPERIMENT_NAME": f"{self.user.name}/default",
+        }
+        if self.mlflow_async_logging:
+            env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"
+        return env
