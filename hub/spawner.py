@@ -1,0 +1,491 @@
+"""The AI Factory Slurm spawner: JupyterLab inside a Slurm job on a GPU node.
+
+Built on `batchspawner.SlurmSpawner`, with what a shared supercomputer needs on top:
+
+* resource profiles and per-group limits (hub/profiles.py); the form shows only what the user
+  may choose and the REST API goes through the same validation;
+* a batch script rendered only from validated values and operator traits: `user_options` never
+  reach the template (stock batchspawner merges them in, so a form field could override `cmd`);
+* one shared squeue poller per hub (hub/slurm_poller.py) instead of one squeue per user per poll;
+  a failing squeue is "unknown" and never ends a server;
+* readable progress (queue position, pending reason, expected start, node) and, when a job dies
+  while starting, Slurm's state and reason plus the tail of the job's output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from batchspawner import SlurmSpawner
+from batchspawner.api import BatchSpawnerAPIHandler
+from jinja2 import Template
+from jupyterhub import apihandlers
+from tornado import web
+from traitlets import Dict, Float, Integer, List, Unicode, default, validate
+
+from .profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
+from .slurm_poller import SlurmPoller
+from .spawner_env import PlatformEnvMixin
+
+VENV_BIN = Path(sys.prefix) / "bin"
+
+BATCH_SCRIPT = """#!/bin/bash
+#SBATCH --job-name={{job_name}}
+#SBATCH --output={{output_file}}
+#SBATCH --chdir={{homedir}}
+#SBATCH --export={{keepvars}}
+#SBATCH --partition={{partition}}
+#SBATCH --time={{runtime}}
+#SBATCH --cpus-per-task={{nprocs}}
+#SBATCH --mem={{memory}}
+{% if gres %}#SBATCH --gres={{gres}}
+{% endif %}{% if account %}#SBATCH --account={{account}}
+{% endif %}{% if qos %}#SBATCH --qos={{qos}}
+{% endif %}{% if reservation %}#SBATCH --reservation={{reservation}}
+{% endif %}{% if options %}#SBATCH {{options}}
+{% endif %}
+set -euo pipefail
+# what the session knows about its own job (shown by the session-info extension)
+export AIF_SLURM_JOB_ID="$SLURM_JOB_ID" AIF_SLURM_NODE="$SLURMD_NODENAME"
+export AIF_GPUS="${CUDA_VISIBLE_DEVICES:-}"
+export AIF_WALLTIME_END="$(date -u -d "@$(( $(date +%s) + {{walltime_seconds}} ))" +%Y-%m-%dT%H:%M:%SZ)"
+{{environment}}
+{{prologue}}
+{% if srun %}{{srun}} {% endif %}{{image_prefix}}{{cmd}}
+{{epilogue}}
+"""
+
+
+class StrictBatchSpawnerAPIHandler(BatchSpawnerAPIHandler):
+    """Accepts only the port from a starting server.
+
+    Stock batchspawner's handler sets *any* attribute a server's token names (e.g. `exec_prefix`
+    or `batch_submit_cmd`, later run as root by the hub), so it is replaced here.
+    """
+
+    @web.authenticated
+    def post(self):
+        data = self.get_json_body() or {}
+        port = data.get("port")
+        if set(data) != {"port"} or not isinstance(port, int) or not 0 < port < 65536:
+            raise web.HTTPError(400, "expected a JSON body {\"port\": <1..65535>}")
+        token = self.get_auth_token()
+        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
+        if spawner is None:
+            raise web.HTTPError(403, "this token belongs to no server of this user")
+        spawner.port = port
+        self.set_status(201)
+        self.finish({"message": "port recorded"})
+
+
+def _install_strict_api_handler():
+    # `import batchspawner` appended its handler to JupyterHub's list; swap it before the hub
+    # builds its routes (the spawner class is loaded with the config, before init_handlers).
+    handlers = apihandlers.default_handlers
+    for index, (route, handler, *rest) in enumerate(handlers):
+        if route == r"/api/batchspawner":
+            handlers[index] = (route, StrictBatchSpawnerAPIHandler, *rest)
+
+
+_install_strict_api_handler()
+
+DEFAULT_PROFILES = [
+    {
+        "name": "gpu-1",
+        "display_name": "1 GPU (H200), interactive",
+        "partition": "gpu",
+        "gpu_types": ["h200"],
+        "min_gpus": 1,
+        "max_gpus": 4,
+        "cpus": 2,
+        "max_cpus": 16,
+        "memory_gb": 4,
+        "max_memory_gb": 64,
+        "hours": 2,
+        "max_hours": 24,
+    },
+    {
+        "name": "cpu",
+        "display_name": "CPU only",
+        "partition": "cpu",
+        "cpus": 1,
+        "max_cpus": 8,
+        "memory_gb": 2,
+        "max_memory_gb": 16,
+        "hours": 2,
+        "max_hours": 24,
+    },
+]
+
+FORM_TEMPLATE = Template(
+    """
+{% if notice %}<div class="alert alert-warning" id="aif-last-session">{{ notice }}</div>{% endif %}
+{% for a in allowed %}{% set p = a.profile %}
+<fieldset class="aif-profile" style="margin-bottom:1em">
+  <label><input type="radio" name="profile" value="{{ p.name }}" {% if loop.first %}checked{% endif %}>
+    <b>{{ p.display_name or p.name }}</b> <small>(partition {{ p.partition }})</small></label>
+  {% if p.description %}<p>{{ p.description }}</p>{% endif %}
+  {% if a.gpu_range[1] > 0 %}
+  <label>GPU type <select name="gpu_type@{{ p.name }}">
+    {% for t in p.gpu_types %}<option value="{{ t }}">{{ t }}</option>{% endfor %}</select></label>
+  <label>GPUs <input type="number" name="gpus@{{ p.name }}" min="{{ a.gpu_range[0] }}" max="{{ a.gpu_range[1] }}"
+    value="{{ a.gpu_range[0] or 1 }}"></label>
+  {% endif %}
+  <label>CPUs <input type="number" name="cpus@{{ p.name }}" min="{{ a.cpu_range[0] }}" max="{{ a.cpu_range[1] }}"
+    value="{{ p.cpus }}"></label>
+  <label>Memory (GB) <input type="number" name="memory_gb@{{ p.name }}" min="{{ a.memory_range[0] }}"
+    max="{{ a.memory_range[1] }}" value="{{ p.memory_gb }}"></label>
+  <label>Hours <input type="number" name="hours@{{ p.name }}" min="1" max="{{ a.hours_max }}"
+    value="{{ [p.hours, a.hours_max] | min }}"></label>
+</fieldset>
+{% endfor %}
+""",
+    autoescape=True,
+)
+
+
+class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
+    """Spawns JupyterLab in a Slurm job chosen from operator-defined resource profiles."""
+
+    profiles = List(
+        Dict(),
+        default_value=DEFAULT_PROFILES,
+        help="""Resource profiles users choose from. Each is a dict with `name`, `partition` and
+        optionally `display_name`, `description`, `gpu_types` (list), `min_gpus`/`max_gpus`,
+        `cpus`/`max_cpus`, `memory_gb`/`max_memory_gb`, `hours`/`max_hours` (defaults / maxima),
+        `account`, `qos`, `reservation`, `environment` (dict of variables exported in the job)
+        and `image` (an Apptainer image the server runs in). See docs/slurm.md.""",
+    ).tag(config=True)
+
+    group_limits = Dict(
+        help="""Per-hub-group limits, e.g. {"sme": {"max_gpus": 2, "max_hours": 8}}.
+        Keys: `max_gpus`, `max_hours`, `profiles` (names the group may use). A user in several
+        limited groups gets the most generous; users in no limited group are not narrowed.""",
+    ).tag(config=True)
+
+    squeue_command = Unicode(
+        "squeue",
+        help="""squeue executable (and leading arguments) for the shared poller, e.g. to add
+        `--clusters=mn5`. It runs as the hub user, once per refresh for all jobs.""",
+    ).tag(config=True)
+
+    squeue_timeout = Float(
+        20.0, help="Seconds before a squeue call counts as failed (the jobs' state is then 'unknown')."
+    ).tag(config=True)
+
+    idle_timeout = Integer(
+        3600,
+        help="""Seconds without activity after which a session shuts itself down (kernels are
+        culled, then the server exits) so its job releases the GPUs. 0 disables it.""",
+    ).tag(config=True)
+
+    job_name = Unicode(
+        "aif-jupyterlab", help="Slurm job name of sessions (shown in squeue; letters, digits, - and _)."
+    ).tag(config=True)
+
+    output_tail_lines = Integer(
+        15, help="How many last lines of the job's output file to show when a session fails."
+    ).tag(config=True)
+
+    node_addresses = Dict(
+        help="""Map Slurm node names to addresses the hub can reach, where node names do not
+        resolve from the hub host (e.g. {"gpu0001": "10.1.0.1"}).""",
+    ).tag(config=True)
+
+    req_srun = Unicode(
+        "",
+        help="""Prefix for the server command inside the job (stock batchspawner: 'srun').
+        Empty by default: the batch step already holds the job's GPUs, and an extra step
+        costs start-up time.""",
+    ).tag(config=True)
+
+    batch_script = Unicode(BATCH_SCRIPT, help="Jinja2 template of the job script; see BATCH_SCRIPT.").tag(
+        config=True
+    )
+
+    @default("exec_prefix")
+    def _exec_prefix_default(self):
+        # jobs are submitted as the user; sudo is often absent on a minimal login node
+        return "sudo -E -u {username}" if shutil.which("sudo") else "runuser -u {username} --"
+
+    @default("batchspawner_singleuser_cmd")
+    def _singleuser_wrapper_default(self):
+        return str(VENV_BIN / "batchspawner-singleuser")
+
+    @default("cmd")
+    def _cmd_default(self):
+        return [str(VENV_BIN / "jupyterhub-singleuser")]
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return type(self)._apply_validated_options
+
+    @default("options_form")
+    def _options_form_default(self):
+        return type(self)._render_form
+
+    @validate("profiles")
+    def _check_profiles(self, proposal):
+        parsed = [Profile.from_config(entry) for entry in proposal["value"]]
+        names = [p.name for p in parsed]
+        if len(set(names)) != len(names):
+            raise ValueError(f"profiles: duplicate names in {names}")
+        return proposal["value"]
+
+    @validate("group_limits")
+    def _check_group_limits(self, proposal):
+        for group, entry in proposal["value"].items():
+            GroupLimit.from_config(group, entry)
+        return proposal["value"]
+
+    @validate("job_name")
+    def _check_job_name(self, proposal):
+        if not proposal["value"].replace("-", "").replace("_", "").isalnum():
+            raise ValueError("job_name: letters, digits, '-' and '_' only")
+        return proposal["value"]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.session_request = None
+        self.node = ""
+        self.end_notice = ""
+        self.restored_request = None
+
+    # ---- profiles and validation -------------------------------------------------------------
+    def user_allowances(self):
+        profiles = [Profile.from_config(entry) for entry in self.profiles]
+        limits = {g: GroupLimit.from_config(g, e) for g, e in self.group_limits.items()}
+        groups = [g.name for g in getattr(self.user, "groups", [])]
+        return allowances(profiles, limits, groups)
+
+    def _render_form(self):
+        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice)
+
+    def options_from_form(self, formdata):
+        profile = (formdata.get("profile") or [""])[0]
+        options = {"profile": profile}
+        for key in ("gpu_type", "gpus", "cpus", "memory_gb", "hours"):
+            values = formdata.get(f"{key}@{profile}")
+            if values:
+                options[key] = values[0]
+        return options
+
+    def _apply_validated_options(self, user_options):
+        try:
+            request = resolve_request(self.user_allowances(), user_options)
+        except OptionsError as err:
+            raise web.HTTPError(400, f"Invalid resource request: {err}", reason="invalid user_options") from err
+        self.session_request = request
+        self.req_partition = request.partition
+        self.req_runtime = request.walltime
+        self.req_gres = request.gres
+        self.req_nprocs = str(request.cpus)
+        self.req_memory = f"{request.memory_gb}G"
+        self.req_account = request.account
+        self.req_qos = request.qos
+        self.req_reservation = request.reservation
+
+    # ---- environment and batch script --------------------------------------------------------
+    def get_env(self):
+        env = super().get_env()
+        if os.environ.get("SLURM_CONF"):
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]  # sbatch/scancel must find the same cluster
+        return env
+
+    def get_args(self):
+        args = list(super().get_args())  # a copy: the parent may hand back self.args itself
+        if self.idle_timeout:
+            args += [
+                f"--ServerApp.shutdown_no_activity_timeout={self.idle_timeout}",
+                f"--MappingKernelManager.cull_idle_timeout={self.idle_timeout}",
+                "--MappingKernelManager.cull_interval=60",
+                "--MappingKernelManager.cull_connected=True",
+            ]
+        return args
+
+    def output_file(self, job_id="%j"):
+        return f"{self.req_homedir}/.aif-slurm-{job_id}.log"
+
+    async def _get_batch_script(self, **_merged_with_user_options):
+        # Stock batchspawner passes template vars updated with user_options; ignore them and
+        # render from operator traits plus the validated request only.
+        subvars = self.get_req_subvars()
+        request = self.session_request
+        environment = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.environment)
+        profile = {p["name"]: p for p in self.profiles}[request.profile]
+        image = profile.get("image", "")
+        subvars.update(
+            cmd=self.cmd_formatted_for_batch(),
+            job_name=self.job_name,
+            output_file=self.output_file(),
+            walltime_seconds=request.hours * 3600,
+            environment=environment,
+            image_prefix=f"apptainer exec --nv {shlex.quote(image)} " if image else "",
+        )
+        return Template(self.batch_script).render(**subvars)
+
+    # ---- Slurm state through the shared poller -----------------------------------------------
+    @property
+    def poller(self):
+        return SlurmPoller.shared(self.squeue_command, self.squeue_timeout)
+
+    async def start(self):
+        if self.session_request is None:  # a site replaced apply_user_options: validate anyway
+            self._apply_validated_options(self.user_options)
+        self.port = 0
+        self.node = ""
+        await self._check_python_reachable()
+        submitted = time.monotonic()
+        job_id = await self.submit_batch_script()
+        if not job_id:
+            raise RuntimeError("sbatch printed no job id; see the hub log for its output")
+        self.log.info("%s: Slurm job %s submitted", self._log_name, job_id)
+        snapshot = await self._wait_until_running(submitted)
+        self.node = snapshot.jobs[job_id].node
+        self.ip = self.node_addresses.get(self.node, self.node)
+        while self.port == 0:
+            await asyncio.sleep(self.startup_poll_interval)
+            snapshot = await self.poller.get(max_age=max(self.startup_poll_interval * 4, 2))
+            if snapshot.phase(job_id) in ("finished", "gone"):
+                raise RuntimeError(self.failure_message(snapshot))
+        self.db.commit()
+        return self.ip, self.port
+
+    async def _wait_until_running(self, submitted):
+        newer_than = submitted
+        while True:
+            snapshot = await self.poller.get(newer_than=newer_than)
+            phase = snapshot.phase(self.job_id)
+            if phase == "running":
+                return snapshot
+            if phase in ("finished", "gone"):
+                message = self.failure_message(snapshot)
+                self.clear_state()
+                raise RuntimeError(message)
+            await asyncio.sleep(self.startup_poll_interval)
+            newer_than = time.monotonic()
+
+    async def poll(self):
+        if not self.job_id:
+            return 0
+        snapshot = await self.poller.get(max_age=max(self.poll_interval, 1))
+        phase = snapshot.phase(self.job_id)
+        if phase in ("running", "pending", "unknown"):
+            if phase == "unknown":
+                self.log.warning("%s: Slurm state unknown (%s); keeping the server", self._log_name, snapshot.error)
+            return None
+        self.end_notice = self.failure_message(snapshot, prefix="Your last session ended")
+        self.log.warning("%s: %s", self._log_name, self.end_notice)
+        self.clear_state()
+        return 1
+
+    async def stop(self, now=False):
+        if not self.job_id:
+            return
+        job_id = self.job_id
+        await self.cancel_batch_job()
+        if now:
+            return
+        cancelled = time.monotonic()
+        for _ in range(20):
+            snapshot = await self.poller.get(newer_than=cancelled)
+            if snapshot.phase(job_id) in ("finished", "gone"):
+                return
+            await asyncio.sleep(0.5)
+            cancelled = time.monotonic()
+        self.log.warning("%s: job %s did not end within 10 s of scancel", self._log_name, job_id)
+
+    async def progress(self):
+        last = None
+        while True:
+            if not self.job_id:
+                event = {"progress": 10, "message": "Submitting the job to Slurm..."}
+            else:
+                snapshot = await self.poller.get(max_age=1)
+                event = self.progress_event(snapshot)
+            if event != last:
+                yield event
+                last = event
+            if event.get("progress", 0) >= 90 or (event.get("progress", 0) >= 80 and self.port):
+                return
+            await asyncio.sleep(1)
+
+    def progress_event(self, snapshot):
+        phase = snapshot.phase(self.job_id)
+        job = snapshot.jobs.get(self.job_id)
+        if phase == "pending":
+            parts = [f"Queued: Slurm job {self.job_id} in partition {job.partition}"]
+            position = snapshot.queue_position(self.job_id)
+            if position:
+                parts.append(f"position {position} in the queue")
+            if job.reason and job.reason != "None":
+                parts.append(f"waiting for: {job.reason}")
+            if job.start_time and job.start_time not in ("N/A", "Unknown"):
+                parts.append(f"expected start {job.start_time}")
+            return {"progress": 30, "message": ", ".join(parts)}
+        if phase == "running":
+            ready = "JupyterLab is starting" if not self.port else "JupyterLab is up"
+            return {"progress": 80, "message": f"Job {self.job_id} started on node {job.node}; {ready}"}
+        if phase == "unknown":
+            return {"progress": 20, "message": f"Slurm is not answering ({snapshot.error}); still waiting"}
+        return {"progress": 90, "message": self.failure_message(snapshot)}
+
+    def failure_message(self, snapshot, prefix="The session could not start"):
+        job = snapshot.jobs.get(self.job_id)
+        if job is not None:
+            what = f"Slurm job {self.job_id} is {job.state}"
+            if job.reason and job.reason != "None":
+                what += f" (reason: {job.reason})"
+            if job.node:
+                what += f" on node {job.node}"
+        else:
+            what = f"Slurm job {self.job_id} is no longer known to Slurm"
+        tail = self._output_tail()
+        return f"{prefix}: {what}." + (f"\nLast lines of {self.output_file(self.job_id)}:\n{tail}" if tail else "")
+
+    def _output_tail(self):
+        try:
+            lines = Path(self.output_file(self.job_id)).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-self.output_tail_lines:])
+
+    _reachable_checked: set = set()
+
+    async def _check_python_reachable(self):
+        """Fail before submitting when the user cannot run the hub's venv (root-only home...)."""
+        key = (self.user.name, str(VENV_BIN))
+        if key in self._reachable_checked or os.geteuid() != 0:
+            return
+        target = VENV_BIN / "jupyterhub-singleuser"
+        probe = await asyncio.create_subprocess_exec("runuser", "-u", self.user.name, "--", "test", "-x", str(target))
+        if await probe.wait() != 0:
+            raise RuntimeError(
+                f"{target} is not executable by user {self.user.name!r}: jobs run as that user, so the "
+                "hub's virtual environment must be outside root-only directories (every parent o+rx)"
+            )
+        self._reachable_checked.add(key)
+
+    # ---- state across hub restarts -----------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.job_id:
+            request = self.session_request.to_state() if self.session_request else self.restored_request
+            state.update(request=request, node=self.node)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.node = state.get("node", "")
+        self.restored_request = state.get("request")
+
+    def clear_state(self):
+        super().clear_state()
+        self.node = ""
+
