@@ -1,0 +1,285 @@
+"""Benchmark configuration: dataclasses built from YAML/dicts with errors that name the field.
+
+One `BenchmarkConfig` describes a whole benchmark: which model, which data, which backends,
+which LoadGen scenarios, how accuracy is estimated, and where results go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+PROFILES = ("quick", "full")
+BACKEND_KINDS = ("torch", "onnxruntime", "null")
+TORCH_MODES = ("eager", "compile")
+PRECISIONS = ("fp32", "fp16", "bf16")
+TASKS = ("auto", "classification", "regression", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    name: str | None = None
+    # Per-sample input shape (no batch dim) and dtype, for formats that do not carry them.
+    input_shape: list[int] | None = None
+    input_dtype: str | None = None
+
+    def validate(self, where="model"):
+        if not self.path:
+            raise ConfigError(f"{where}.path: required (an .onnx/.pt/.pt2 file, 'package.module:function', "
+                              "or an MLflow URI models:/NAME/VERSION or runs:/RUN_ID/PATH)")
+        if self.input_shape is not None and (
+            not isinstance(self.input_shape, list) or not all(isinstance(d, int) and d > 0 for d in self.input_shape)
+        ):
+            raise ConfigError(f"{where}.input_shape: expected a list of positive integers, got {self.input_shape!r}")
+
+
+@dataclass
+class DataConfig:
+    # "sklearn:digits" | file.npz | file.csv | file.parquet | image folder (one sub-folder per class)
+    source: str = "sklearn:digits"
+    name: str | None = None
+    features: str | None = None  # NPZ key with the inputs (default "x")
+    label: str | None = None  # NPZ key / CSV column with labels; none -> latency only
+    task: str = "auto"
+    limit: int | None = None  # use only the first N samples
+    image_size: list[int] | None = None  # [H, W] for image folders
+    grayscale: bool = False
+
+    def validate(self):
+        if not self.source:
+            raise ConfigError("data.source: required (sklearn:NAME, .npz, .csv, .parquet, or an image folder)")
+        if self.task not in TASKS:
+            raise ConfigError(f"data.task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ConfigError(f"data.limit: expected a positive integer, got {self.limit!r}")
+
+
+@dataclass
+class BackendConfig:
+    kind: str = "onnxruntime"
+    mode: str = "eager"  # torch only: eager | compile
+    providers: list[str] | None = None  # onnxruntime execution providers, in priority order
+    precision: str = "fp32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (indices as the session sees them)
+    threads: int | None = None
+    cuda_graphs: bool = False  # torch on CUDA: replay captured graphs
+    model: str | None = None  # run this backend on another model file (e.g. a quantized export)
+
+    def validate(self, where):
+        if self.kind not in BACKEND_KINDS:
+            raise ConfigError(f"{where}.kind: expected one of {', '.join(BACKEND_KINDS)}, got {self.kind!r}")
+        if self.mode not in TORCH_MODES:
+            raise ConfigError(f"{where}.mode: expected one of {', '.join(TORCH_MODES)}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"{where}.threads: expected a positive integer, got {self.threads!r}")
+        if self.providers is not None and not (
+            isinstance(self.providers, list) and all(isinstance(p, str) for p in self.providers)
+        ):
+            raise ConfigError(f"{where}.providers: expected a list of provider names, got {self.providers!r}")
+
+    @property
+    def label(self):
+        """Short name used in tags and tables: torch:eager, onnxruntime:CPUExecutionProvider, ..."""
+        if self.kind == "torch":
+            return f"torch:{self.mode}" + ("+cudagraphs" if self.cuda_graphs else "")
+        if self.kind == "onnxruntime":
+            return f"onnxruntime:{(self.providers or ['auto'])[0]}"
+        return self.kind
+
+
+@dataclass
+class ScenarioConfig:
+    profile: str = "quick"
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    multistream_samples_per_query: int = 8
+    offline_batch_size: int = 32
+    server_batch_size: int = 8  # largest batch the Server worker forms from queued queries
+    server_latency_ms: float = 10.0  # p99 bound
+    server_target_qps: float | None = None  # default: estimated from a calibration pass
+    server_search: bool = True  # search the highest QPS that meets the bound
+    batch_sizes: list[int] | None = None  # Offline batch-size sweep
+    min_duration_s: float | None = None  # override the profile
+    max_duration_s: float | None = None
+    min_query_count: int | None = None
+    warmup_s: float = 0.2
+
+    def validate(self):
+        if self.profile not in PROFILES:
+            raise ConfigError(f"scenario.profile: expected one of {', '.join(PROFILES)}, got {self.profile!r}")
+        for name in self.scenarios:
+            if name not in SCENARIOS:
+                raise ConfigError(f"scenario.scenarios: {name!r} is not a LoadGen scenario; "
+                                  f"expected any of {', '.join(SCENARIOS)}")
+        for key in ("multistream_samples_per_query", "offline_batch_size", "server_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"scenario.{key}: expected a positive integer, got {value!r}")
+        if not self.server_latency_ms > 0:
+            raise ConfigError(f"scenario.server_latency_ms: expected a positive number, got {self.server_latency_ms!r}")
+        if self.server_target_qps is not None and not self.server_target_qps > 0:
+            raise ConfigError(f"scenario.server_target_qps: expected a positive number, got {self.server_target_qps!r}")
+        if self.batch_sizes is not None and not (
+            isinstance(self.batch_sizes, list) and all(isinstance(b, int) and b > 0 for b in self.batch_sizes)
+        ):
+            raise ConfigError(f"scenario.batch_sizes: expected a list of positive integers, got {self.batch_sizes!r}")
+
+
+@dataclass
+class AccuracyConfig:
+    enabled: bool = True
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    batch_size: int = 256
+
+    def validate(self):
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"accuracy.confidence: expected a number between 0 and 1, got {self.confidence!r}")
+        if not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 10:
+            raise ConfigError(f"accuracy.bootstrap_resamples: expected an integer >= 10, got {self.bootstrap_resamples!r}")
+
+
+@dataclass
+class MLflowConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
+    experiment: str = "benchmarks"
+    run_name: str | None = None
+
+
+@dataclass
+class BenchmarkConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backends: list[BackendConfig] = field(default_factory=lambda: [BackendConfig()])
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    results_dir: str = "aif-results"
+    name: str | None = None
+
+    def validate(self):
+        self.model.validate()
+        self.data.validate()
+        if not self.backends:
+            raise ConfigError("backends: at least one backend is required")
+        for i, backend in enumerate(self.backends):
+            backend.validate(f"backends[{i}]")
+        self.scenario.validate()
+        self.accuracy.validate()
+        return self
+
+    @classmethod
+    def from_dict(cls, data, source="config"):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        return _build(cls, data, "").validate()
+
+    @classmethod
+    def from_yaml(cls, path):
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        config = cls.from_dict(data or {}, source=str(path))
+        _resolve_relative_paths(config, path.parent)
+        return config
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def flat_params(self, backend_index=None):
+        """Flattened `section.key` params for MLflow; with a backend index, that backend as `backend.*`."""
+        data = self.to_dict()
+        backends = data.pop("backends")
+        params = _flatten(data)
+        if backend_index is not None:
+            params.update(_flatten({"backend": backends[backend_index]}))
+        else:
+            params["backends"] = ",".join(b.label for b in self.backends)
+        return params
+
+
+def _build(cls, data, prefix):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{where}: unknown field; expected one of {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        where = f"{prefix}{key}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            value = _build(hint, value, where + ".")
+        elif key == "backends":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: expected a list of backend mappings, got {value!r}")
+            items = []
+            for i, item in enumerate(value):
+                if isinstance(item, str):  # shorthand "torch:eager" / "onnxruntime:CUDAExecutionProvider"
+                    item = parse_backend_shorthand(item, f"{where}[{i}]")
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{where}[{i}]: expected a mapping or a 'kind:mode' string, got {item!r}")
+                items.append(_build(BackendConfig, item, f"{where}[{i}]."))
+            value = items
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_backend_shorthand(text, where="backend"):
+    """'torch:eager', 'torch:compile', 'onnxruntime', 'onnxruntime:CUDAExecutionProvider' -> dict."""
+    kind, _, rest = text.partition(":")
+    if kind == "torch":
+        return {"kind": "torch", "mode": rest or "eager"}
+    if kind in ("onnxruntime", "ort"):
+        return {"kind": "onnxruntime", "providers": [rest] if rest else None}
+    if kind == "null":
+        return {"kind": "null"}
+    raise ConfigError(f"{where}: unknown backend {text!r}; expected torch[:eager|compile], "
+                      "onnxruntime[:PROVIDER] or null")
+
+
+def _flatten(data, prefix=""):
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif value is not None:
+            flat[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return flat
+
+
+def _resolve_relative_paths(config, base):
+    """Paths in a YAML file are relative to that file, not to where `aif bench run` is typed."""
+
+    def fix(value):
+        if not value or ":" in value.split("/")[0] or Path(value).is_absolute():
+            return value  # sklearn:..., models:/..., package.module:function, absolute
+        candidate = base / value
+        return str(candidate) if candidate.exists() else value
+
+    config.model.path = fix(config.model.path)
+    config.data.source = fix(config.data.source)
+    for backend in config.backends:
+        backend.model = fix(backend.model)
