@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -298,8 +299,10 @@ def export_onnx(model: LoadedModel, path, where="model"):
     dtype = getattr(torch, model.input_dtype or "float32")
     example = torch.zeros((1, *model.input_shape), dtype=dtype)
     try:
-        torch.onnx.export(model.module, (example,), str(path), dynamo=False, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation chatter
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.module, (example,), str(path), dynamo=False, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     except Exception as err:  # noqa: BLE001
         raise ModelError(f"{where}: cannot export {model.source} to ONNX: {err}") from None
 

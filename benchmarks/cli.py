@@ -40,9 +40,9 @@ def bench():
 
 def build_config(config_path, overrides):
     """A YAML config (optional) with the common-case flags laid over it."""
-    from .config import BenchmarkConfig, parse_backend_shorthand
+    from .config import BenchmarkConfig, parse_backend_shorthand, read_yaml
 
-    raw = BenchmarkConfig.from_yaml(config_path).to_dict() if config_path else {}
+    raw = read_yaml(config_path) if config_path else {}
     model, data = raw.setdefault("model", {}), raw.setdefault("data", {})
     scenario, mlflow = raw.setdefault("scenario", {}), raw.setdefault("mlflow", {})
     if overrides["model"]:
@@ -52,10 +52,12 @@ def build_config(config_path, overrides):
     if overrides["label"]:
         data["label"] = overrides["label"]
     if overrides["backend"]:
-        raw["backends"] = [parse_backend_shorthand(b, "--backend") for b in overrides["backend"]]
+        raw["backends"] = list(overrides["backend"])
+    raw["backends"] = [parse_backend_shorthand(b, f"backends[{i}]") if isinstance(b, str) else b
+                       for i, b in enumerate(raw.get("backends") or [{}])]
     for key in ("precision", "device", "threads"):
         if overrides[key] is not None:
-            for backend in raw.setdefault("backends", [{}]):
+            for backend in raw["backends"]:
                 backend[key] = overrides[key]
     if overrides["scenario"]:
         scenario["scenarios"] = list(overrides["scenario"])
@@ -71,7 +73,7 @@ def build_config(config_path, overrides):
         mlflow["experiment"] = overrides["experiment"]
     if overrides["no_mlflow"]:
         mlflow["enabled"] = False
-    return BenchmarkConfig.from_dict(raw)
+    return BenchmarkConfig.from_dict(raw, source=str(config_path or "flags"))
 
 
 @bench.command()

@@ -191,16 +191,7 @@ class BenchmarkConfig:
 
     @classmethod
     def from_yaml(cls, path):
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        config = cls.from_dict(data or {}, source=str(path))
-        _resolve_relative_paths(config, path.parent)
-        return config
+        return cls.from_dict(read_yaml(path), source=str(path))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -270,16 +261,34 @@ def _flatten(data, prefix=""):
     return flat
 
 
-def _resolve_relative_paths(config, base):
+def read_yaml(path):
+    """A config file as a dict (not yet validated: flags may still complete it)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    _resolve_relative_paths(data, path.parent)
+    return data
+
+
+def _resolve_relative_paths(data, base):
     """Paths in a YAML file are relative to that file, not to where `aif bench run` is typed."""
 
     def fix(value):
-        if not value or ":" in value.split("/")[0] or Path(value).is_absolute():
+        if not isinstance(value, str) or not value or ":" in value.split("/")[0] or Path(value).is_absolute():
             return value  # sklearn:..., models:/..., package.module:function, absolute
         candidate = base / value
         return str(candidate) if candidate.exists() else value
 
-    config.model.path = fix(config.model.path)
-    config.data.source = fix(config.data.source)
-    for backend in config.backends:
-        backend.model = fix(backend.model)
+    for section, key in (("model", "path"), ("data", "source")):
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section][key] = fix(data[section][key])
+    for backend in data.get("backends") or []:
+        if isinstance(backend, dict) and "model" in backend:
+            backend["model"] = fix(backend["model"])
