@@ -70,6 +70,7 @@ def collect(config_dict=None):
         "python": platform.python_version(),
         "aifactory": _version("aifactory-lab"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "slurm_node": os.environ.get("SLURMD_NODENAME"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

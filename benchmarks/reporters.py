@@ -205,8 +205,14 @@ class MLflowReporter:
 
 
 def parent_tags(result: BenchmarkResult):
-    return {"aif.kind": "benchmark", "aif.model": result.model, "aif.dataset": result.dataset,
+    tags = {"aif.kind": "benchmark", "aif.model": result.model, "aif.dataset": result.dataset,
             "aif.task": result.task, "aif.hardware": result.hardware, "aif.environment": result.environment}
+    fingerprint = result.fingerprint or {}
+    for key, tag in (("slurm_job_id", "aif.slurm.job_id"), ("slurm_array_job_id", "aif.slurm.array_job_id"),
+                     ("slurm_array_task_id", "aif.slurm.array_task_id"), ("slurm_node", "aif.slurm.node")):
+        if fingerprint.get(key):
+            tags[tag] = str(fingerprint[key])
+    return tags
 
 
 def _probe(uri, timeout=5.0):
