@@ -1,0 +1,179 @@
+"""`aif up`, `aif status`, `aif config show`, `aif user ...`."""
+
+import signal
+import sys
+import threading
+
+import click
+
+from .config import AIFPlatform, ConfigError, MLflowService, build_platform_config, make_platform_settings
+from .platform import Platform, PlatformError
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False), default=None,
+    help="Directory holding all platform state (default: ~/.local/share/aifactory-lab).",
+)
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    help="Platform config file (default: <state-dir>/aif_config.py when present).",
+)
+
+
+def _fail(err):
+    raise click.ClickException(str(err))
+
+
+@click.command()
+@state_dir_option
+@config_option
+@click.option("--port", type=int, default=None, help="Public port (default 8000).")
+@click.option("--spawner", type=click.Choice(["local", "slurm"]), default=None,
+              help="Run users' servers as local processes or as Slurm jobs.")
+@click.option("--slurm-conf", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="slurm.conf of the cluster to submit to (default: the mini-cluster's, with --spawner slurm).")
+def up(state_dir, config_file, port, spawner, slurm_conf):
+    """Start the platform: proxy, JupyterHub and the MLflow service. Ctrl-C stops it."""
+    stop = _catch_stop_signals()
+    try:
+        platform = Platform(state_dir, port=port, spawner=spawner, config_file=config_file,
+                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner, state_dir))
+        click.echo(f"Starting AI Factory Lab in {platform.state} ...")
+        platform.start()  # stops what it started if interrupted or failing
+    except (ConfigError, PlatformError) as err:
+        _fail(err)
+    except _Stopped as sig:
+        raise click.ClickException(f"{sig} during start; everything started was stopped") from None
+    click.echo(
+        f"\nAI Factory Lab is up: {platform.url}/\n"
+        f"  MLflow:   {platform.mlflow_url}/\n"
+        f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
+        "Ctrl-C stops it."
+    )
+    try:
+        while not stop.wait(1):
+            pass
+    except _Stopped:
+        pass
+    click.echo("Stopping ...")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    platform.stop()
+
+
+def _mini_cluster_conf(spawner, state_dir):
+    if spawner != "slurm":
+        return None
+    try:
+        from .cluster import MiniCluster
+    except ImportError:
+        return None
+    from .config import default_state_dir
+    from pathlib import Path
+
+    conf = MiniCluster(Path(state_dir or default_state_dir()) / "cluster").slurm_conf
+    return conf if Path(conf).exists() else None
+
+
+class _Stopped(BaseException):
+    """Raised from a signal handler so that start-up unwinds and stops what it started."""
+
+
+def _catch_stop_signals():
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        stop.set()
+        raise _Stopped(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    return stop
+
+
+@click.command()
+@state_dir_option
+@config_option
+def status(state_dir, config_file):
+    """Health of the hub, proxy and MLflow service; exit 1 naming what fails."""
+    try:
+        platform = Platform.attach(state_dir, config_file)
+    except (ConfigError, PlatformError) as err:
+        _fail(err)
+    results = platform.check_health()
+    width = max(map(len, results))
+    for name, state in results.items():
+        click.echo(f"{name:<{width}}  {state}")
+    failing = [name for name, state in results.items() if state != "ok"]
+    if failing:
+        raise click.ClickException(f"not healthy: {', '.join(failing)} (logs in {platform.state / 'logs'})")
+
+
+@click.group()
+def config():
+    """Inspect the platform configuration."""
+
+
+@config.command("show")
+@state_dir_option
+@config_option
+def config_show(state_dir, config_file):
+    """Print the effective platform settings and where they come from."""
+    try:
+        cfg, path = build_platform_config(state_dir, config_file)
+        platform, mlflow = make_platform_settings(cfg)
+    except ConfigError as err:
+        _fail(err)
+    click.echo(f"# config file: {path or '(none: defaults)'}")
+    for obj in (platform, mlflow):
+        for name in sorted(obj.traits(config=True)):
+            click.echo(f"{type(obj).__name__}.{name} = {getattr(obj, name)!r}")
+
+
+@click.group()
+def user():
+    """Manage accounts of the local authenticator."""
+
+
+@user.command("add")
+@click.argument("name")
+@state_dir_option
+@click.option("--admin", is_flag=True, help="Make the user a hub admin.")
+@click.option("--group", "groups", multiple=True, help="Hub group (repeatable), e.g. sme, evaluators.")
+def user_add(name, state_dir, admin, groups):
+    """Create an account and print its generated password."""
+    platform = _settings_only(state_dir)
+    try:
+        password = platform.users.add(name, admin=admin, groups=groups)
+    except ValueError as err:
+        _fail(err)
+    click.echo(password)
+
+
+@user.command("list")
+@state_dir_option
+def user_list(state_dir):
+    """List accounts with their groups."""
+    for name, record in sorted(_settings_only(state_dir).users.read().items()):
+        flags = " (admin)" if record.get("admin") else ""
+        click.echo(f"{name}{flags}  groups: {', '.join(record.get('groups') or []) or '-'}")
+
+
+@user.command("remove")
+@click.argument("name")
+@state_dir_option
+def user_remove(name, state_dir):
+    """Remove an account (its files and MLflow runs are kept)."""
+    if not _settings_only(state_dir).users.remove(name):
+        _fail(f"no user {name!r}")
+
+
+def _settings_only(state_dir):
+    try:
+        return Platform(state_dir)
+    except ConfigError as err:
+        _fail(err)
+
+
+__all__ = ["up", "status", "config", "user", "AIFPlatform", "MLflowService"]
+if __name__ == "__main__":
+    sys.exit(up())
