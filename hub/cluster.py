@@ -111,6 +111,7 @@ class MiniCluster:
                 raise ClusterError(f"{binary} not found: install Debian's slurmctld slurmd slurm-client munge")
         if self.is_up():
             return self
+        self._check_parents_traversable()
         self._stop_daemons()  # a half-up cluster (one daemon died) is restarted cleanly
         self._write_layout()
         self._start_munged()
@@ -202,6 +203,15 @@ class MiniCluster:
             f"File={self.state_dir}/dev/gpu[0-{self.spec.gpus - 1}]\n"
         )
         self._write_munge_key()
+
+    def _check_parents_traversable(self):
+        """munged (user munge) and the users' jobs must reach files under the state directory."""
+        for parent in self.state_dir.parents:
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                raise ClusterError(
+                    f"state directory {self.state_dir}: parent {parent} is not traversable by other users "
+                    "(munged and the jobs' users must reach it); choose another place or chmod o+x it"
+                )
 
     def _existing_ports(self):
         """Keep the ports across restarts: a running job's slurmstepd talks back to them."""

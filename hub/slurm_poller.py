@@ -111,17 +111,21 @@ class SlurmPoller:
         return poller
 
     async def get(self, max_age=None, newer_than=None):
-        """A snapshot at most `max_age` s old and taken after `newer_than` (time.monotonic())."""
+        """A snapshot at most `max_age` s old and taken after `newer_than` (time.monotonic()).
+
+        A query started after this call is always good enough, even if it outlived `max_age`
+        (a slow or failing squeue must not make callers query again and again).
+        """
+        called = time.monotonic()
         while True:
             snap = self.snapshot
-            fresh_enough = max_age is None or time.monotonic() - snap.started <= max_age
-            if snap.started and fresh_enough and (newer_than is None or snap.started >= newer_than):
+            fresh = max_age is None or called - snap.started <= max_age
+            recent = newer_than is None or snap.started >= newer_than
+            if snap.started and (snap.started >= called or (fresh and recent)):
                 return snap
             if self._inflight is None or self._inflight.done():
                 self._inflight = asyncio.ensure_future(self._query())
             await asyncio.shield(self._inflight)
-            if self.snapshot.started and max_age is None and newer_than is None:
-                return self.snapshot
 
     async def _query(self):
         started = time.monotonic()

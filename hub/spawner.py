@@ -256,6 +256,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.node = ""
         self.end_notice = ""
         self.restored_request = None
+        self._submitted_at = None
 
     # ---- profiles and validation -------------------------------------------------------------
     def user_allowances(self):
@@ -341,8 +342,9 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.port = 0
         self.node = ""
         await self._check_python_reachable()
-        submitted = time.monotonic()
         job_id = await self.submit_batch_script()
+        # only a squeue call started after sbatch returned is sure to list the job
+        submitted = self._submitted_at = time.monotonic()
         if not job_id:
             raise RuntimeError("sbatch printed no job id; see the hub log for its output")
         self.log.info("%s: Slurm job %s submitted", self._log_name, job_id)
@@ -373,9 +375,12 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
 
     async def poll(self):
         if not self.job_id:
-            return 0
-        snapshot = await self.poller.get(max_age=max(self.poll_interval, 1))
+            # the hub also polls while start() is still submitting: that is not a dead server
+            return None if self._spawn_pending else 0
+        # a snapshot from before the submission would not list the job yet
+        snapshot = await self.poller.get(max_age=max(self.poll_interval, 1), newer_than=self._submitted_at)
         phase = snapshot.phase(self.job_id)
+        self.log.debug("%s: Slurm job %s is %s", self._log_name, self.job_id, phase)
         if phase in ("running", "pending", "unknown"):
             if phase == "unknown":
                 self.log.warning("%s: Slurm state unknown (%s); keeping the server", self._log_name, snapshot.error)
@@ -475,6 +480,9 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
     # ---- state across hub restarts -----------------------------------------------------------
     def get_state(self):
         state = super().get_state()
+        if self.end_notice:
+            # the hub drops a stopped spawner object: keep the notice for the next spawn form
+            state["end_notice"] = self.end_notice
         if self.job_id:
             request = self.session_request.to_state() if self.session_request else self.restored_request
             state.update(request=request, node=self.node)
@@ -483,9 +491,11 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.node = state.get("node", "")
+        self.end_notice = state.get("end_notice", self.end_notice)
         self.restored_request = state.get("request")
 
     def clear_state(self):
+        # end_notice deliberately survives: it explains the ended session on the next form
         super().clear_state()
         self.node = ""
 

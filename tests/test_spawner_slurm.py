@@ -1,0 +1,250 @@
+"""AIFSlurmSpawner end to end: real JupyterHub + CHP + the Slurm mini-cluster + real Unix users.
+
+One cluster and one hub for the module; tests run in file order and build on each other's
+sessions (alice and carol stay up from the first test to the restart and outage tests).
+"""
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from aifactory.hub.cluster import MiniCluster
+from aifactory.hub.spawner_lab import SpawnerLab
+from conftest import require_binary, require_root
+
+pytestmark = pytest.mark.slurm
+
+ALICE, BOB, CAROL, DAVE, ERIN = (f"aif-{n}" for n in ("alice", "bob", "carol", "dave", "erin"))
+USERS = (ALICE, BOB, CAROL, DAVE, ERIN)
+POLL = 2  # Spawner.poll_interval of the test hub, seconds
+
+HUB_CONFIG = f"""
+from aifactory.hub.culler import add_idle_culler
+add_idle_culler(c, timeout=3600, cull_every=600)
+c.Spawner.poll_interval = {POLL}
+c.AIFSlurmSpawner.startup_poll_interval = 0.2
+c.AIFSlurmSpawner.start_timeout = 120
+c.AIFSlurmSpawner.group_limits = {{"sme": {{"max_gpus": 2, "max_hours": 8}}}}
+c.AIFSlurmSpawner.profiles = [
+    {{"name": "gpu-1", "partition": "gpu", "gpu_types": ["h200"], "min_gpus": 1, "max_gpus": 4,
+      "cpus": 1, "memory_gb": 1, "max_memory_gb": 8, "hours": 1, "max_hours": 24}},
+    {{"name": "big", "partition": "gpu", "gpu_types": ["h200"], "min_gpus": 4, "max_gpus": 4,
+      "cpus": 1, "memory_gb": 1}},
+    {{"name": "broken", "partition": "cpu", "cpus": 1, "memory_gb": 1,
+      "image": "/nonexistent/session.sif"}},
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_root()
+    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
+        require_binary(binary, package)
+    state = Path(tempfile.mkdtemp(prefix="aif-spawner-cluster-"))
+    state.chmod(0o755)
+    mini = MiniCluster(state)
+    try:
+        mini.up()
+        for user in USERS:
+            mini.add_user(user)
+        yield mini
+    finally:
+        mini.down()
+        for user in USERS:
+            MiniCluster.remove_user(user)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(cluster, tmp_path_factory):
+    lab = SpawnerLab(tmp_path_factory.mktemp("hub"), extra_config=HUB_CONFIG, env=cluster.env())
+    try:
+        lab.start()
+        for user in USERS:
+            lab.add_user(user, groups=["sme"] if user == BOB else [])
+        lab.tokens = {user: lab.user_token(user) for user in USERS}
+        yield lab
+    finally:
+        lab.stop()
+
+
+def spawn(hub, user, **options):
+    return hub.api("POST", f"/users/{user}/server", json=options, timeout=60)
+
+
+def wait_ready(hub, user, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = hub.api("GET", f"/users/{user}").json()
+        if model["server"] and not model["pending"]:
+            return model
+        if not model["pending"] and not model["server"]:
+            raise AssertionError(f"{user}'s spawn ended without a server; hub log:\n{hub.log_text()[-3000:]}")
+        time.sleep(0.25)
+    raise AssertionError(f"{user} not ready within {timeout}s")
+
+
+def reach(hub, user):
+    """GET the user's JupyterLab server API through the proxy, as the user."""
+    headers = {"Authorization": f"token {hub.tokens[user]}"}
+    return requests.get(f"{hub.url}/user/{user}/api/status", headers=headers, timeout=10)
+
+
+def server_env(user):
+    for proc in psutil.process_iter(["username", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["username"] == user and "jupyterhub-singleuser" in cmdline:
+            return proc.environ()
+    raise AssertionError(f"no jupyterhub-singleuser process of {user}")
+
+
+def login(hub, user):
+    """A browser-like session logged in through the hub's login form."""
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login")
+    response = session.post(f"{hub.url}/hub/login", data={
+        "username": user, "password": hub.password, "_xsrf": session.cookies.get("_xsrf")})
+    assert response.status_code == 200 and "/hub/login" not in response.url, response.url
+    return session
+
+
+def jobs_of(cluster, user):
+    return cluster.run(["squeue", "-h", "-u", user, "-o", "%i"]).stdout.split()
+
+
+def progress_events(hub, user, until, timeout=90):
+    """Read the spawn-pending page's event stream until `until(event)` or the stream ends."""
+    events = []
+    url = f"{hub.url}/hub/api/users/{user}/server/progress"
+    with requests.get(url, headers={"Authorization": f"token {hub.token}"}, stream=True, timeout=timeout) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if until(events[-1]):
+                    break
+    return events
+
+
+def test_two_users_at_once_get_reachable_sessions_with_disjoint_gpus(hub, cluster):
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda u: spawn(hub, u, profile="gpu-1", gpus=1), (ALICE, CAROL)))
+    assert all(r.status_code in (201, 202) for r in responses), [r.text for r in responses]
+    for user in (ALICE, CAROL):
+        wait_ready(hub, user)
+        assert reach(hub, user).status_code == 200
+    envs = {user: server_env(user) for user in (ALICE, CAROL)}
+    gpus = {user: env["CUDA_VISIBLE_DEVICES"] for user, env in envs.items()}
+    assert all(re.fullmatch(r"[0-3]", g) for g in gpus.values()) and gpus[ALICE] != gpus[CAROL]
+    for user, env in envs.items():
+        assert env["AIF_SLURM_JOB_ID"] == env["SLURM_JOB_ID"] and jobs_of(cluster, user) == [env["SLURM_JOB_ID"]]
+        assert env["AIF_GPUS"] == gpus[user] and env["AIF_SLURM_NODE"] == cluster.node_name
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["AIF_WALLTIME_END"])
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"gpus": 3}, "gpus"),  # bob's group sme: at most 2 GPUs
+    ({"hours": 9}, "hours"),  # ... and 8 hours
+    ({"partition": "cpu"}, "partition"),
+    ({"profile": "big"}, "profile"),
+    ({"profile": "gpu-1\n#SBATCH --uid=0"}, "profile"),
+    ({"gpus": "1\n#SBATCH --exclusive"}, "gpus"),
+    ({"gpus": "$(id)"}, "gpus"),
+    ({"gpu_type": "`id`"}, "gpu_type"),
+    ({"cmd": "/bin/sh"}, "cmd"),
+    ({"homedir": "/root"}, "homedir"),
+    ({"keepvars": "LD_PRELOAD"}, "keepvars"),
+])
+def test_over_limit_and_injection_requests_are_refused_before_submission(hub, cluster, options, field):
+    response = spawn(hub, BOB, **options)
+    assert response.status_code == 400, response.text
+    assert response.json()["message"].startswith(f"Invalid resource request: {field}:")
+    assert jobs_of(cluster, BOB) == []
+    assert hub.api("GET", f"/users/{BOB}").json()["server"] is None
+
+
+def test_spawn_form_offers_only_what_the_group_allows_and_validates_the_same_way(hub, cluster):
+    session = login(hub, BOB)
+    form = session.get(f"{hub.url}/hub/spawn").text
+    assert 'name="gpus@gpu-1" min="1" max="2"' in form and 'value="big"' not in form
+    refused = session.post(f"{hub.url}/hub/spawn", data={
+        "profile": "gpu-1", "gpus@gpu-1": "3", "hours@gpu-1": "1", "_xsrf": session.cookies.get("_xsrf")})
+    assert "gpus: 3 is outside the allowed range 1..2" in refused.text
+    assert jobs_of(cluster, BOB) == []
+
+
+def test_server_token_may_only_report_its_port(hub):
+    headers = {"Authorization": f"token {hub.tokens[ALICE]}"}
+    response = requests.post(f"{hub.url}/hub/api/batchspawner", json={"exec_prefix": "true;"}, headers=headers)
+    assert response.status_code == 400
+
+
+def test_queued_session_shows_position_reason_then_node(hub, cluster):
+    # alice and carol hold 2 of the 4 GPUs; a blocker takes the other 2 so erin's job must queue
+    blocker = cluster.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:h200:2", "--mem=100M",
+                           "--wrap", "sleep 600"]).stdout.strip()
+    try:
+        assert spawn(hub, ERIN, profile="gpu-1", gpus=1).status_code in (201, 202)
+        events = progress_events(hub, ERIN, until=lambda e: "Queued" in e.get("message", ""))
+        queued = events[-1]["message"]
+        assert "position 1 in the queue" in queued and "waiting for: Resources" in queued, events
+    finally:
+        cluster.run(["scancel", blocker])
+    events = progress_events(hub, ERIN, until=lambda e: e.get("ready") or e.get("failed"))
+    assert any(f"started on node {cluster.node_name}" in e["message"] for e in events), events
+    assert events[-1].get("ready"), events
+    assert hub.api("DELETE", f"/users/{ERIN}/server", timeout=60).status_code in (202, 204)
+
+
+def test_job_dying_during_start_shows_slurm_state_and_output(hub):
+    assert spawn(hub, DAVE, profile="broken").status_code in (201, 202, 500)
+    events = progress_events(hub, DAVE, until=lambda e: e.get("failed"))
+    message = events[-1]["message"]
+    assert events[-1].get("failed") and "Slurm job" in message and "FAILED" in message, events
+    assert "Last lines of" in message and "apptainer" in message
+
+
+def test_controller_outage_of_30s_keeps_running_sessions(hub, cluster):
+    cluster.stop_controller()
+    try:
+        time.sleep(30)  # several hub poll rounds see squeue fail
+        assert hub.api("GET", f"/users/{ALICE}").json()["server"], "the hub dropped a session during the outage"
+    finally:
+        cluster.start_controller()
+    assert "Slurm state unknown" in hub.log_text()
+    assert reach(hub, ALICE).status_code == 200
+    time.sleep(POLL * 2)  # polls with the controller back
+    assert hub.api("GET", f"/users/{ALICE}").json()["server"]
+
+
+def test_hub_restart_keeps_running_sessions_reachable(hub):
+    hub.restart_hub()
+    for user in (ALICE, CAROL):
+        assert hub.api("GET", f"/users/{user}").json()["server"], f"{user} lost after hub restart"
+        assert reach(hub, user).status_code == 200
+
+
+def test_scancel_is_noticed_within_the_poll_interval_and_explained(hub, cluster):
+    (job,) = jobs_of(cluster, CAROL)
+    cluster.run(["scancel", job])
+    cancelled = time.monotonic()
+    while hub.api("GET", f"/users/{CAROL}").json()["server"]:
+        assert time.monotonic() - cancelled < 3 * POLL + 10, "the hub did not notice the cancelled job"
+        time.sleep(0.2)
+    form = login(hub, CAROL).get(f"{hub.url}/hub/spawn").text
+    assert f"Your last session ended: Slurm job {job} is CANCELLED" in form
+
+
+def test_idle_culler_runs_as_a_service_with_least_privilege(hub):
+    service = hub.api("GET", "/services/idle-culler").json()
+    assert service["roles"] == ["idle-culler-role"]
+    assert any("jupyterhub_idle_culler" in " ".join(p.info["cmdline"] or [])
+               for p in psutil.process_iter(["cmdline"]))
