@@ -152,3 +152,18 @@ def agreement(reference_scores, scores, task, cfg: AccuracyConfig, label="backen
         out["agreement_top1_ci_low"], out["agreement_top1_ci_high"] = bootstrap_ci(
             (same,), lambda s, axis=-1: s.mean(axis=axis), cfg, paired=False)
     return out
+
+
+def robustness(backend, x, y_true, cfg: AccuracyConfig, clean_accuracy):
+    """Accuracy under Gaussian input noise (std = level x each feature's std), as the layout's
+    robustness.json describes; seeded, so backends see the same perturbed inputs."""
+    rng = np.random.default_rng(cfg.seed)
+    feature_std = x.std(axis=0)
+    levels = []
+    for level in cfg.robustness_levels:
+        noisy = (x + rng.standard_normal(x.shape).astype(x.dtype) * (level * feature_std)).astype(x.dtype)
+        scores = predict_all(backend, backend.stage(noisy), len(noisy), cfg.batch_size)
+        accuracy = float(np.mean(to_predictions(scores, "classification") == y_true))
+        levels.append({"level": float(level), "accuracy": accuracy, "accuracy_drop": clean_accuracy - accuracy})
+    report = {"perturbation": "gaussian_noise", "relative_to": "feature_std", "levels": levels}
+    return report, max(entry["accuracy_drop"] for entry in levels)

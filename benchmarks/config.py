@@ -145,8 +145,15 @@ class AccuracyConfig:
     confidence: float = 0.95
     seed: int = 0
     batch_size: int = 256
+    # Gaussian input noise, std as a fraction of each feature's std (classification only)
+    robustness: bool = False
+    robustness_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5])
 
     def validate(self):
+        if not self.robustness_levels or not all(
+            isinstance(v, (int, float)) and v > 0 for v in self.robustness_levels
+        ):
+            raise ConfigError(f"accuracy.robustness_levels: expected positive numbers, got {self.robustness_levels!r}")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"accuracy.confidence: expected a number between 0 and 1, got {self.confidence!r}")
         if not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 10:

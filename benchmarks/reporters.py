@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 import warnings
@@ -63,13 +64,22 @@ class LocalWriter:
         latency_histogram(run.latencies_s, f"{child.backend} {child.scenario}", directory / "latency_histogram.png")
         child.artifacts = self._relative(directory)
 
-    def write_accuracy(self, child: ChildResult, scores, y_pred, y_true):
+    def write_accuracy(self, child: ChildResult, scores, y_pred, y_true, robustness=None):
         directory = self.child_dir(child)
         arrays = {"y_pred": y_pred, "scores": scores.astype(np.float32), "sample_index": np.arange(len(scores))}
         if y_true is not None:
             arrays["y_true"] = y_true
         np.savez(directory / "predictions.npz", **arrays)
+        if robustness is not None:
+            (directory / "robustness.json").write_text(json.dumps(robustness, indent=2))
         child.artifacts = self._relative(directory)
+
+    def write_config(self, config):
+        """The exact config, next to the results: `aif bench run <dir>/config.yaml` reproduces the run."""
+        import yaml
+
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return f"aif bench run {shlex.quote(str(self.final.resolve() / 'config.yaml'))}"
 
     def _relative(self, directory):
         return sorted(str(p.relative_to(self.path)) for p in directory.rglob("*") if p.is_file())
@@ -207,6 +217,8 @@ class MLflowReporter:
 def parent_tags(result: BenchmarkResult):
     tags = {"aif.kind": "benchmark", "aif.model": result.model, "aif.dataset": result.dataset,
             "aif.task": result.task, "aif.hardware": result.hardware, "aif.environment": result.environment}
+    if result.command:
+        tags["aif.command"] = result.command
     fingerprint = result.fingerprint or {}
     for key, tag in (("slurm_job_id", "aif.slurm.job_id"), ("slurm_array_job_id", "aif.slurm.array_job_id"),
                      ("slurm_array_task_id", "aif.slurm.array_task_id"), ("slurm_node", "aif.slurm.node")):

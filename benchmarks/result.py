@@ -48,6 +48,7 @@ class BenchmarkResult:
     finished: float | None = None
     results_dir: str | None = None
     mlflow_run_id: str | None = None
+    command: str | None = None  # reproduces the run: aif bench run <results>/config.yaml
     schema_version: int = SCHEMA_VERSION
 
     # --- reading ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def run_benchmark(config: BenchmarkConfig, progress=True) -> BenchmarkResult:
         environment=environment_name(), config=config.to_dict(), fingerprint=fingerprint,
         status="RUNNING", started=time.time())
     writer = LocalWriter(config.results_dir, name)
+    result.command = writer.write_config(config)
     reporter = None
     if config.mlflow.enabled:
         reporter = MLflowReporter(config.mlflow.tracking_uri, config.mlflow.experiment, config.mlflow.run_name)
@@ -98,9 +99,14 @@ class _Session:
             self.result.metrics.update(metrics)  # the reference backend's accuracy, on the parent
         else:
             metrics.update(acc.agreement(self.reference_scores, scores, task, cfg, backend.label))
+        report = None
+        if cfg.robustness and task == "classification":
+            self.bar.set_description(f"{backend.label}: robustness")
+            report, metrics["robustness_max_accuracy_drop"] = acc.robustness(backend, data.x, data.y, cfg,
+                                                                             metrics["accuracy"])
         child = ChildResult(backend=backend.label, precision=backend.precision, scenario="Accuracy",
                             metrics=metrics, params=params, tags={**common, "aif.scenario": "Accuracy"})
-        self.writer.write_accuracy(child, scores, y_pred, data.y)
+        self.writer.write_accuracy(child, scores, y_pred, data.y, robustness=report)
         self._add(child)
 
     def _scenarios(self, backend, staged, n_samples, params, common):

@@ -42,6 +42,7 @@ def logged(mlflow_server, tmp_path_factory):  # noqa: F811
         model={"path": str(Path(tiny_config(results)["model"]["path"]).with_suffix(".pt"))},
         backends=[{"kind": "torch", "threads": 1}, {"kind": "onnxruntime", "threads": 1}],
         scenario={"scenarios": ["SingleStream", "Server"], "server_search": False, "server_target_qps": 200.0},
+        accuracy={"robustness": True, "robustness_levels": [0.1, 1.0]},
         mlflow={"enabled": True, "tracking_uri": mlflow_server, "experiment": "bench-layout"})
     result = run_benchmark(BenchmarkConfig.from_dict(config), progress=False)
     client = MlflowClient(mlflow_server)
@@ -82,7 +83,7 @@ def test_metrics_and_artifacts_equal_the_local_result(logged):
             assert run.data.metrics[name] == pytest.approx(value), name
         artifacts = set(_artifacts(client, run.info.run_id))
         if child.scenario == "Accuracy":
-            assert artifacts == {"predictions.npz"}
+            assert artifacts == {"predictions.npz", "robustness.json"}
         else:
             assert artifacts == {"latencies.npy", "latency_histogram.png", "loadgen/mlperf_log_summary.txt",
                                  "loadgen/mlperf_log_detail.txt"}
@@ -97,6 +98,22 @@ def test_metrics_and_artifacts_equal_the_local_result(logged):
     assert _artifacts(client, parent.info.run_id) == ["results.json"]
     downloaded = client.download_artifacts(parent.info.run_id, "results.json")
     assert BenchmarkResult.from_json(downloaded).mlflow_run_id == parent.info.run_id
+
+
+def test_robustness_and_reproducing_command(logged, tmp_path):
+    result, client, parent = logged
+    run = _children(client, parent)[("torch:eager", "Accuracy")]
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "robustness.json", str(tmp_path))).read_text())
+    assert report["perturbation"] == "gaussian_noise" and report["relative_to"] == "feature_std"
+    assert [level["level"] for level in report["levels"]] == [0.1, 1.0]
+    for level in report["levels"]:
+        assert level["accuracy_drop"] == pytest.approx(run.data.metrics["accuracy"] - level["accuracy"])
+    assert report["levels"][1]["accuracy"] < report["levels"][0]["accuracy"]  # more noise, less accuracy
+    assert run.data.metrics["robustness_max_accuracy_drop"] == max(l["accuracy_drop"] for l in report["levels"])
+    command = parent.data.tags["aif.command"]
+    assert command.startswith("aif bench run ") and command.endswith("config.yaml")
+    reproduced = BenchmarkConfig.from_yaml(command.split(" ", 3)[3])
+    assert reproduced.to_dict() == result.config
 
 
 def test_predictions_artifact_holds_the_scored_predictions(logged, tmp_path):
