@@ -32,6 +32,15 @@ MARKER_VAR = "AIF_MINICLUSTER"
 USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
+def default_cluster_dir():
+    """Where `aif cluster` and `aif up --spawner slurm` keep the mini-cluster.
+
+    Not under the platform's state dir: that defaults to root's home (0700), which munged and
+    the jobs' users cannot traverse. AIF_CLUSTER_DIR overrides it.
+    """
+    return Path(os.environ.get("AIF_CLUSTER_DIR") or "/var/tmp/aifactory-lab/cluster")
+
+
 class ClusterError(RuntimeError):
     """The mini-cluster could not be started, queried or stopped; the message says why."""
 
@@ -104,6 +113,7 @@ class MiniCluster:
     # ---- lifecycle ---------------------------------------------------------------------------
     def up(self, timeout=30):
         """Start munged, slurmctld and slurmd (idempotent) and wait until the node is idle."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() != 0:
             raise ClusterError("the mini-cluster needs root (munged runs as 'munge', jobs as real users)")
         for binary in ("munged", "slurmctld", "slurmd", "sbatch"):

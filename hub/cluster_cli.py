@@ -1,17 +1,14 @@
 """`aif cluster up | down | status | adduser`: the Slurm mini-cluster for dev, demos and tests."""
 
 import json
-import os
 from pathlib import Path
 
 import click
 
-from .cluster import ClusterError, MiniCluster
-
-DEFAULT_STATE = Path(os.environ.get("AIF_CLUSTER_DIR", ".state/cluster"))
+from .cluster import ClusterError, MiniCluster, default_cluster_dir
 
 state_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE, show_default=True,
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=default_cluster_dir, show_default=True,
     help="Directory holding the cluster's configuration, keys, spool and logs (env AIF_CLUSTER_DIR).",
 )
 

@@ -34,6 +34,11 @@ def configure_hub(c):
     _auth(c, rt, state)
     _spawner(c, rt)
     _services_and_roles(c, rt, state)
+    if rt["spawner"] == "slurm":
+        # idle sessions must release their GPUs (issue 3); least-privilege service, see culler.py
+        from .culler import add_idle_culler
+
+        add_idle_culler(c)
 
 
 def _network(c, rt):

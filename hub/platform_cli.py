@@ -64,13 +64,13 @@ def _mini_cluster_conf(spawner, state_dir):
     if spawner != "slurm":
         return None
     try:
-        from .cluster import MiniCluster
+        from .cluster import MiniCluster, default_cluster_dir
     except ImportError:
         return None
-    from .config import default_state_dir
     from pathlib import Path
 
-    conf = MiniCluster(Path(state_dir or default_state_dir()) / "cluster").slurm_conf
+    # `aif cluster up` keeps it outside the (root-only) platform state dir; see cluster.py
+    conf = MiniCluster(default_cluster_dir()).slurm_conf
     return conf if Path(conf).exists() else None
 
 

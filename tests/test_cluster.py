@@ -95,7 +95,7 @@ def test_down_cancels_jobs_and_up_again_is_idempotent():
     other = MiniCluster(state).up()
     try:
         assert other.is_up()
-        job = other.run(["sbatch", "--parsable", "-p", "cpu", "--wrap", "sleep 300"]).stdout.strip()
+        job = other.run(["sbatch", "--parsable", "-p", "cpu", "-o", "/dev/null", "--wrap", "sleep 300"]).stdout.strip()
         other.up()  # already up: no-op
         assert other.run(["squeue", "-h", "-j", job, "-o", "%i"]).stdout.strip() == job
     finally:

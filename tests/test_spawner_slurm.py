@@ -189,7 +189,7 @@ def test_server_token_may_only_report_its_port(hub):
 
 def test_queued_session_shows_position_reason_then_node(hub, cluster):
     # alice and carol hold 2 of the 4 GPUs; a blocker takes the other 2 so erin's job must queue
-    blocker = cluster.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:h200:2", "--mem=100M",
+    blocker = cluster.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:h200:2", "--mem=100M", "-o", "/dev/null",
                            "--wrap", "sleep 600"]).stdout.strip()
     try:
         assert spawn(hub, ERIN, profile="gpu-1", gpus=1).status_code in (201, 202)
