@@ -65,6 +65,18 @@ class Backend:
     def infer(self, batch):
         raise NotImplementedError
 
+    # Pipelining (Offline): launch batch k+1 before waiting for batch k, so per-sample host work
+    # (LoadGen responses) overlaps device compute. Synchronous backends just run in launch().
+    def launch(self, batch):
+        return self.infer(batch)
+
+    def wait(self, handle):
+        return handle
+
+    def device_indices(self, indices: np.ndarray):
+        """Sample indices where gathering from the staged data is cheapest."""
+        return indices
+
     def to_numpy(self, out) -> np.ndarray:
         return np.asarray(out, dtype=np.float32)
 
@@ -141,6 +153,25 @@ class TorchBackend(Backend):
             # Kernels are asynchronous: the query is done only when the device is.
             self.torch.cuda.synchronize(self.device)
         return out
+
+    def launch(self, batch):
+        if not self.is_cuda or self.cfg.cuda_graphs:
+            return self.infer(batch)
+        with self.torch.inference_mode():
+            out = self.module(batch)
+        done = self.torch.cuda.Event()
+        done.record()
+        return out, done
+
+    def wait(self, handle):
+        if isinstance(handle, tuple):
+            handle[1].synchronize()
+            return handle[0]
+        return handle
+
+    def device_indices(self, indices):
+        # One copy per query; later slices index on the device without a blocking host copy.
+        return self.torch.from_numpy(indices).to(self.device)
 
     def _replay(self, batch):
         """Capture once per batch shape into static buffers, then copy-in + replay per query."""

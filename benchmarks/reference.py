@@ -184,6 +184,26 @@ def matmul_mlp(width=4096, depth=4):
     return Reference(nn.Sequential(*layers), [width]).eval()
 
 
+def image_cnn():
+    """Untrained CIFAR-sized CNN (3x32x32): a convolution-heavy latency reference."""
+    torch = _torch()
+    nn, _, Reference = _modules()
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+    return Reference(body, [3, 32, 32]).eval()
+
+
+def mlp_512():
+    """matmul_mlp at width 512: a GEMM-bound latency reference small enough for a CPU."""
+    return matmul_mlp(width=512, depth=4)
+
+
+def mlp_1024():
+    return matmul_mlp(width=1024, depth=4)
+
+
 def null_model():
     """Identity: for measuring the harness itself."""
     nn, _, _ = _modules()

@@ -87,6 +87,7 @@ class SystemUnderTest:
         import mlperf_loadgen as lg
 
         self.lg = lg
+        self.backend = backend
         self.infer = backend.infer
         self.staged = staged
         self.batch_size = batch_size
@@ -101,6 +102,7 @@ class SystemUnderTest:
 
     def _issue(self, query_samples):
         start = time.perf_counter_ns()
+        self._completed = 0
         try:
             if len(query_samples) == 1:  # SingleStream: slice, no gather copy
                 index = query_samples[0].index
@@ -109,7 +111,9 @@ class SystemUnderTest:
                 self._run_batches(query_samples)
         except Exception as err:  # noqa: BLE001 - must not escape into LoadGen's C++ thread
             self.error = self.error or err
-        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q in query_samples])
+        remaining = query_samples[self._completed:]
+        if remaining:  # all, normally; after an error, the rest, so LoadGen never waits forever
+            self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q in remaining])
         done = time.perf_counter_ns()
         self.latencies_ns.append(done - start)
         self.samples_completed += len(query_samples)
@@ -117,9 +121,22 @@ class SystemUnderTest:
         self.last_done = done
 
     def _run_batches(self, query_samples):
+        """Batches of a multi-sample query, pipelined: batch k+1 is launched before batch k's
+        samples are completed, so on a GPU the host's per-sample work hides behind compute."""
         indices = np.fromiter((q.index for q in query_samples), dtype=np.int64, count=len(query_samples))
-        for begin in range(0, len(indices), self.batch_size):
-            self.infer(self.staged[indices[begin:begin + self.batch_size]])
+        indices = self.backend.device_indices(indices)
+        pending = None
+        for begin in range(0, len(query_samples), self.batch_size):
+            handle = self.backend.launch(self.staged[indices[begin:begin + self.batch_size]])
+            if pending is not None:
+                self._complete(query_samples, *pending)
+            pending = (handle, begin, min(begin + self.batch_size, len(query_samples)))
+        self._complete(query_samples, *pending)
+
+    def _complete(self, query_samples, handle, begin, end):
+        self.backend.wait(handle)
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q in query_samples[begin:end]])
+        self._completed = end
 
     # Server: LoadGen's issuing thread only enqueues, so arrivals keep their Poisson schedule;
     # one worker drains the queue and batches whatever has arrived, up to batch_size.

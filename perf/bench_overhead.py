@@ -1,0 +1,105 @@
+"""Harness overhead: a null model's SingleStream latency through the suite vs LoadGen alone.
+
+Both sides run the same null model (returns its input slice) under the same LoadGen settings, in
+the same process, interleaved A/B several times so machine drift hits both. The figure is
+LoadGen's own p50 and mean per-query latency; overhead = suite - bare, in microseconds per query.
+Target: <= 2 us/query. Prints JSON.
+
+    .venv/bin/python perf/bench_overhead.py [--seconds 2] [--rounds 5]
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import mlperf_loadgen as lg
+import numpy as np
+
+from aifactory.benchmarks.backends import NullBackend
+from aifactory.benchmarks.config import BackendConfig, ScenarioConfig
+from aifactory.benchmarks.models import LoadedModel
+from aifactory.benchmarks.scenarios import ScenarioRunner, read_detail_log
+
+N_SAMPLES = 1024
+
+
+def settings(seconds):
+    return {"min_duration_ms": int(seconds * 1000), "max_duration_ms": int(seconds * 4000), "min_query_count": 100,
+            "single_stream_expected_latency_ns": 2000}
+
+
+def bare_loadgen(data, seconds, log_dir):
+    """The reference: the smallest SUT LoadGen's own examples show, with the same null model."""
+    model = lambda batch: batch  # noqa: E731 - the null model
+
+    def issue(query_samples):
+        index = query_samples[0].index
+        model(data[index:index + 1])
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(query_samples[0].id, 0, 0)])
+
+    test = lg.TestSettings()
+    test.scenario = lg.TestScenario.SingleStream
+    test.mode = lg.TestMode.PerformanceOnly
+    for key, value in settings(seconds).items():
+        setattr(test, key, value)
+    output = lg.LogOutputSettings()
+    output.outdir = str(log_dir)
+    output.copy_summary_to_stdout = False
+    log = lg.LogSettings()
+    log.log_output = output
+    log.enable_trace = False
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(N_SAMPLES, N_SAMPLES, lambda s: None, lambda s: None)
+    lg.StartTestWithLogSettings(sut, qsl, test, log)
+    lg.DestroyQSL(qsl)
+    lg.DestroySUT(sut)
+    return read_detail_log(Path(log_dir) / "mlperf_log_detail.txt")
+
+
+def through_suite(data, seconds, log_root):
+    backend = NullBackend(BackendConfig(kind="null"), LoadedModel("null", "torch_module", "null", None), "backends[0]")
+    cfg = ScenarioConfig(scenarios=["SingleStream"], warmup_s=0.05)
+    runner = ScenarioRunner(backend, backend.stage(data), N_SAMPLES, cfg, log_root)
+    run = runner._execute("SingleStream", settings(seconds), 1, "SingleStream", f"suite-{id(runner)}")
+    return run.loadgen
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    data = np.random.default_rng(0).random((N_SAMPLES, 64), dtype=np.float32)
+    bare = {"p50": [], "mean": []}
+    suite = {"p50": [], "mean": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            order = ((bare, bare_loadgen), (suite, through_suite))
+            for side, fn in order if i % 2 == 0 else order[::-1]:  # alternate who runs first
+                log_dir = Path(tmp) / f"{fn.__name__}-{i}"
+                log_dir.mkdir()
+                detail = fn(data, args.seconds, log_dir)
+                side["p50"].append(detail["result_50.00_percentile_latency_ns"] / 1e3)
+                side["mean"].append(detail["result_mean_latency_ns"] / 1e3)
+    median = statistics.median
+    result = {
+        "metric": "harness_overhead_us_per_query",
+        "target_us": 2.0,
+        "loadgen_alone_p50_us": median(bare["p50"]),
+        "suite_p50_us": median(suite["p50"]),
+        "overhead_p50_us": median(suite["p50"]) - median(bare["p50"]),
+        "loadgen_alone_mean_us": median(bare["mean"]),
+        "suite_mean_us": median(suite["mean"]),
+        "overhead_mean_us": median(suite["mean"]) - median(bare["mean"]),
+        "ratio_p50_suite_vs_loadgen_alone": median(suite["p50"]) / median(bare["p50"]),
+        "rounds": args.rounds, "seconds_per_run": args.seconds,
+        "per_round": {"loadgen_alone": bare, "suite": suite},
+    }
+    result["meets_target"] = result["overhead_p50_us"] <= 2.0
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
