@@ -173,15 +173,17 @@ def diabetes_mlp():
     return load("diabetes_mlp")
 
 
-def matmul_mlp(width=4096, depth=4):
-    """Untrained, matmul-heavy MLP (depth x width^2 GEMMs) for throughput vs matmul peak on GPUs."""
+def matmul_mlp(width=4096, depth=4, device="cpu"):
+    """Untrained, matmul-heavy MLP (depth x width^2 GEMMs) for throughput vs matmul peak on GPUs.
+    `device` builds the weights in place (GiBs at GPU widths, slow to initialise on a host)."""
     torch = _torch()
     nn, _, Reference = _modules()
     torch.manual_seed(0)
-    layers = []
-    for _ in range(depth):
-        layers += [nn.Linear(width, width, bias=False), nn.ReLU()]
-    return Reference(nn.Sequential(*layers), [width]).eval()
+    with torch.device(device):
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, width, bias=False), nn.ReLU()]
+        return Reference(nn.Sequential(*layers), [width]).eval()
 
 
 def image_cnn():
