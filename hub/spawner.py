@@ -337,8 +337,8 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         return SlurmPoller.shared(self.squeue_command, self.squeue_timeout)
 
     async def start(self):
-        if self.session_request is None:  # a site replaced apply_user_options: validate anyway
-            self._apply_validated_options(self.user_options)
+        # validate here too: a site may have replaced apply_user_options with its own hook
+        self._apply_validated_options(self.user_options)
         self.port = 0
         self.node = ""
         await self._check_python_reachable()

@@ -1,0 +1,208 @@
+"""Our Slurm spawner vs stock batchspawner.SlurmSpawner, same machine, same run, same cluster.
+
+Prints JSON:
+* login-to-JupyterLab seconds (p50/p95) for 1 user (repeated) and for 20 users at once: a real
+  browser-like client logs in through the hub's form, starts a CPU session, and follows the
+  redirects until /user/<name>/lab serves JupyterLab;
+* squeue calls per minute with 1, 10 and 50 running sessions (a counting shim sits in front of
+  squeue on the hub's PATH; sessions here are featherweight servers, see spawner_tiny_session.py).
+
+Needs root (mini-cluster, Unix users). Usage: python perf/spawner_compare.py [--out FILE] [--quick]
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from aifactory.hub.cluster import MiniCluster
+from aifactory.hub.spawner_lab import VENV, SpawnerLab
+
+HERE = Path(__file__).resolve().parent
+USERS = [f"aifperf{i:02d}" for i in range(50)]
+POLL_INTERVAL = 10  # Spawner.poll_interval for both hubs (JupyterHub's default is 30)
+
+STOCK_CONFIG = f"""
+c.SlurmSpawner.exec_prefix = "runuser -u {{username}} --"
+c.SlurmSpawner.batchspawner_singleuser_cmd = "{VENV}/bin/batchspawner-singleuser"
+c.SlurmSpawner.req_partition = "cpu"
+c.SlurmSpawner.req_nprocs = "1"
+c.SlurmSpawner.req_memory = "1G"
+c.SlurmSpawner.req_runtime = "01:00:00"
+c.SlurmSpawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF", "JUPYTERHUB_SINGLEUSER_APP"]
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
+"""
+OURS_CONFIG = """
+c.AIFSlurmSpawner.idle_timeout = 0
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
+"""
+CMD = {"stock": "c.SlurmSpawner.cmd", "ours": "c.AIFSlurmSpawner.cmd"}
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+class Side:
+    """One hub with one spawner kind, on the shared cluster."""
+
+    def __init__(self, kind, cluster, shim_dir, workdir, tiny=False):
+        config = (STOCK_CONFIG if kind == "stock" else OURS_CONFIG) + f"\nc.Spawner.poll_interval = {POLL_INTERVAL}\n"
+        if tiny:
+            config += f'{CMD[kind]} = ["{HERE / "spawner_tiny_session.py"}"]\n'
+        spawner = "batchspawner.SlurmSpawner" if kind == "stock" else "aif-slurm"
+        env = {**cluster.env(), "PATH": f"{shim_dir}:{VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        self.kind = kind
+        self.lab = SpawnerLab(workdir / f"hub-{kind}-{'tiny' if tiny else 'lab'}", spawner_class=spawner,
+                              extra_config=config, env=env)
+
+    def login_to_lab(self, user, timeout=300):
+        """Seconds from posting the login form to JupyterLab's page being served."""
+        url = self.lab.url
+        session = requests.Session()
+        session.get(f"{url}/hub/login")
+        start = time.perf_counter()
+        session.post(f"{url}/hub/login?next=/hub/spawn",
+                     data={"username": user, "password": self.lab.password, "_xsrf": session.cookies.get("_xsrf")})
+        if self.kind == "ours":  # our hub shows the resource form; submit the CPU profile
+            session.post(f"{url}/hub/spawn", data={"profile": "cpu", "_xsrf": session.cookies.get("_xsrf")})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = session.get(f"{url}/user/{user}/lab", timeout=30)
+            if response.status_code == 200 and "jupyter-config-data" in response.text:
+                return time.perf_counter() - start
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.kind}: {user} got no JupyterLab within {timeout}s")
+
+    def spawn_api(self, user):
+        options = {"profile": "cpu"} if self.kind == "ours" else {}
+        self.lab.api("POST", f"/users/{user}/server", json=options, timeout=120)
+
+    def wait_running(self, users, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            models = {u["name"]: u for u in self.lab.api("GET", "/users").json()}
+            if all(models[u]["server"] and not models[u]["pending"] for u in users):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.kind}: sessions not running within {timeout}s")
+
+
+def measure_login(side, users, repeats):
+    single = []
+    for _ in range(repeats):
+        single.append(side.login_to_lab(users[0]))
+        side.lab.stop_all_servers(timeout=120)
+    with ThreadPoolExecutor(len(users)) as pool:
+        crowd = list(pool.map(side.login_to_lab, users))
+    side.lab.stop_all_servers(timeout=180)
+    return {
+        "one_user": {"n": len(single), "p50_s": round(statistics.median(single), 3),
+                     "p95_s": round(percentile(single, 95), 3)},
+        f"{len(users)}_users_at_once": {"p50_s": round(statistics.median(crowd), 3),
+                                        "p95_s": round(percentile(crowd, 95), 3)},
+    }
+
+
+def measure_queries(side, counter, levels, window):
+    rates, running = {}, []
+    for level in levels:
+        new = USERS[len(running):level]
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(side.spawn_api, new))
+        running += new
+        side.wait_running(running)
+        time.sleep(2)  # let start-up polling settle
+        before = _count(counter)
+        time.sleep(window)
+        rates[str(level)] = round((_count(counter) - before) * 60 / window, 1)
+    side.lab.stop_all_servers(timeout=300)
+    return rates
+
+
+def _count(counter):
+    return len(counter.read_text().splitlines())
+
+
+def make_shim(workdir):
+    shim = workdir / "shim"
+    shim.mkdir()
+    counter = shim / "squeue-calls"
+    counter.touch(mode=0o666)
+    counter.chmod(0o666)  # stock batchspawner runs squeue as each user
+    script = shim / "squeue"
+    script.write_text(f'#!/bin/sh\necho x >> {counter}\nexec {shutil.which("squeue")} "$@"\n')
+    script.chmod(0o755)
+    return shim, counter
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="fewer users and shorter windows (smoke run)")
+    args = parser.parse_args()
+    crowd, repeats, levels, window = (5, 2, (1, 5), 20) if args.quick else (20, 3, (1, 10, 50), 30)
+    workdir = Path(tempfile.mkdtemp(prefix="aif-spawner-perf-"))
+    workdir.chmod(0o755)
+    cluster = MiniCluster(workdir / "cluster")
+    result = {"machine": _machine(), "poll_interval_s": POLL_INTERVAL, "window_s": window}
+    try:
+        cluster.up()
+        for user in USERS[:max(crowd, max(levels))]:
+            cluster.add_user(user)
+        shim, counter = make_shim(workdir)
+        for kind in ("stock", "ours"):
+            for tiny in (False, True):
+                side = Side(kind, cluster, shim, workdir, tiny=tiny)
+                with side.lab:
+                    users = USERS[:max(crowd, max(levels))]
+                    for user in users:
+                        side.lab.add_user(user)
+                    if tiny:
+                        result.setdefault("squeue_calls_per_min", {})[kind] = measure_queries(
+                            side, counter, levels, window)
+                    else:
+                        result.setdefault("login_to_lab", {})[kind] = measure_login(side, users[:crowd], repeats)
+                print(f"{kind} {'queries' if tiny else 'login'} done", file=sys.stderr)
+        result["ratios_ours_vs_stock"] = _ratios(result)
+    finally:
+        cluster.down()
+        for user in USERS:
+            MiniCluster.remove_user(user)
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+def _ratios(result):
+    login, queries = result["login_to_lab"], result["squeue_calls_per_min"]
+    ratios = {}
+    for case in login["ours"]:
+        for stat in ("p50_s", "p95_s"):
+            ratios[f"login_{case}_{stat}"] = round(login["ours"][case][stat] / login["stock"][case][stat], 3)
+    for level in queries["ours"]:
+        ratios[f"squeue_per_min_{level}_sessions"] = round(queries["ours"][level] / max(queries["stock"][level], 1e-9), 3)
+    return ratios
+
+
+def _machine():
+    import os
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+
+
+if __name__ == "__main__":
+    main()
