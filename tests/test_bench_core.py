@@ -263,3 +263,13 @@ def test_latency_only_run_without_labels(tmp_path):
     assert result.task == "none"
     assert [c.scenario for c in result.children] == ["SingleStream"]
     assert result.metrics == {}
+
+
+def test_torch_compile_backend_agrees_with_eager(tmp_path):
+    config = tiny_config(tmp_path, model={"path": "aifactory.benchmarks.reference:digits_mlp"},
+                         backends=[{"kind": "torch"}, {"kind": "torch", "mode": "compile"}])
+    result = run(config, progress=False)
+    compiled = result.child("torch:compile", "Accuracy").metrics
+    assert compiled["agreement_top1"] == 1.0
+    assert compiled["agreement_max_abs_diff"] < 1e-4
+    assert result.child("torch:compile", "SingleStream").metrics["latency_p50_ms"] > 0
