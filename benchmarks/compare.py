@@ -427,6 +427,11 @@ class Comparison:
                 missing = base.label if a is None else other.label
                 self._note(missing, f"{scenario}: no latencies.npy artifact; latency significance skipped")
                 continue
+            if min(a.size, b.size) < 2:
+                # LoadGen's Offline issues every sample as one query: a single latency, no distribution
+                self._note(other.label, f"{scenario}: latencies.npy holds {min(a.size, b.size)} query; "
+                           "no latency distribution to test (compare throughput instead)", "info")
+                continue
             try:
                 result = stats.compare_latency(a, b, percentile, alpha=alpha, n_resamples=n_resamples)
             except ValueError as err:
@@ -465,8 +470,8 @@ class Comparison:
             "verdict": result.verdict, "regression": result.verdict == "less accurate",
         }]
 
-    def _note(self, subject, message):
-        issue = Issue(subject, message)
+    def _note(self, subject, message, severity="warning"):
+        issue = Issue(subject, message, severity)
         if issue not in self.issues:
             self.issues.append(issue)
 

@@ -126,6 +126,13 @@ def evaluate_slo(slo: SLO, entry: Entry) -> list:
             results.append(SLOResult(slo, scenario, None, "unknown", f"metric {slo.metric} not logged"))
             continue
         ok = bool(_OPS[slo.op](measured, slo.value))
+        verdict = "" if scenario == ACC else run.data.tags.get("aif.loadgen.result_valid", "")
+        if ok and verdict == "INVALID":
+            # A failure stands regardless; a pass on a run LoadGen rejected (too few queries,
+            # target QPS not sustained) is not established.
+            results.append(SLOResult(slo, scenario, float(measured), "unknown",
+                                     "LoadGen marked this run INVALID: the figure is not established"))
+            continue
         results.append(SLOResult(slo, scenario, float(measured), "pass" if ok else "fail"))
     return results
 
@@ -325,11 +332,19 @@ def _flatten(d, prefix=""):
     return out
 
 
-def reproduce_command(cmp: Comparison, entry: Entry, notes: list) -> str | None:
-    command = entry.parent.data.tags.get("aif.command") or cmp.results_json(entry).get("command")
+def reproduce_section(cmp: Comparison, entry: Entry, notes: list) -> dict:
+    """The command, plus the exact config it ran with: the command's config path may be on another machine."""
+    results = cmp.results_json(entry)
+    command = entry.parent.data.tags.get("aif.command") or results.get("command")
     if not command:
         notes.append("the run has no 'aif.command' tag: the reproduce command was not recorded")
-    return command
+    config = results.get("config")
+    config_yaml = None
+    if isinstance(config, dict):
+        import yaml
+
+        config_yaml = yaml.safe_dump(config, sort_keys=False)
+    return {"command": command, "config_yaml": config_yaml}
 
 
 def model_context(cmp: Comparison, entry: Entry, slos) -> dict:
@@ -344,7 +359,7 @@ def model_context(cmp: Comparison, entry: Entry, slos) -> dict:
         "agreement": sections.build("agreement", agreement_section, cmp, entry),
         "robustness": sections.build("robustness", robustness_section, cmp, entry, notes),
         "fingerprint": sections.build("fingerprint", fingerprint_section, cmp, entry),
-        "command": sections.build("reproduce", reproduce_command, cmp, entry, notes),
+        "reproduce": sections.build("reproduce", reproduce_section, cmp, entry, notes),
         "mlflow_url": _run_url(cmp, entry),
         "notes": notes, "issues": issues,
     }
