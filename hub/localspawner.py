@@ -28,3 +28,9 @@ class AIFLocalSpawner(PlatformEnvMixin, SimpleLocalProcessSpawner):
     @default("default_url")
     def _default_default_url(self):
         return "/lab"
+
+    @default("args")
+    def _default_args(self):
+        # every local server runs as the hub's own Unix user; when that is root (containers,
+        # CI) Jupyter refuses to start unless told that this is deliberate
+        return ["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []

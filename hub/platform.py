@@ -46,12 +46,15 @@ def port_is_free(port, ip="127.0.0.1"):
 
 
 def find_chp():
-    candidates = [
-        os.environ.get("AIF_CHP"),
-        os.path.join(sys.prefix, "node", "node_modules", ".bin", "configurable-http-proxy"),
-        shutil.which("configurable-http-proxy"),
-    ]
-    for candidate in candidates:
+    """configurable-http-proxy: $AIF_CHP if set, else the project-local install, else PATH."""
+    explicit = os.environ.get("AIF_CHP")
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise PlatformError(f"configurable-http-proxy not found at AIF_CHP={explicit}: fix AIF_CHP or unset it "
+                            "to use the one `make install` puts under .venv/node")
+    local = os.path.join(sys.prefix, "node", "node_modules", ".bin", "configurable-http-proxy")
+    for candidate in (local, shutil.which("configurable-http-proxy")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise PlatformError(

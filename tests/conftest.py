@@ -35,3 +35,7 @@ def require_binary(name, package):
 @pytest.fixture
 def port():
     return free_port()
+
+
+# the real platform (hub + proxy + MLflow service) for every test that asks for it
+from platform_fixtures import platform, platform_factory  # noqa: E402,F401
