@@ -42,6 +42,10 @@ def new_run(platform, token, experiment_name):
 
 
 def test_session_logs_to_mlflow_with_zero_configuration(platform):
+    check_session_logging(platform)
+
+
+def check_session_logging(platform):
     """Log in with the generated admin password, start the server, log from inside it, read back."""
     admin = platform.settings.admin_user
     session = login(platform.url, admin, platform.admin_password)
