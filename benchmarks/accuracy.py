@@ -31,7 +31,13 @@ class Predictions:
 def predict_all(backend, staged, n_samples, batch_size=256):
     outputs = []
     for begin in range(0, n_samples, batch_size):
-        outputs.append(backend.to_numpy(backend.infer(staged[begin:begin + batch_size])))
+        batch = staged[begin:begin + batch_size]
+        try:
+            outputs.append(backend.to_numpy(backend.infer(batch)))
+        except Exception as err:  # noqa: BLE001 - quote the framework's error under ours
+            raise AccuracyError(f"backend {backend.label}: model failed on a batch of {len(batch)} samples "
+                                f"(a model exported with a fixed batch size cannot batch; set accuracy.batch_size: 1): "
+                                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     scores = np.concatenate(outputs).astype(np.float32)
     check_finite(scores, backend.label)
     return scores

@@ -77,8 +77,8 @@ def _onnx(path, where):
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path))  # by path: also checks external data files
+        proto = onnx.load(str(path), load_external_data=False)  # the graph is all we read
     except Exception as err:  # noqa: BLE001 - protobuf/onnx raise many types for corrupt files
         raise ModelError(f"{where}: {path} is not a valid ONNX model (corrupt or truncated?): {err}") from None
     initializers = {i.name for i in proto.graph.initializer}
@@ -153,11 +153,19 @@ def _from_factory(source, where):
         raise ModelError(f"{where}: factory {source!r} raised {type(err).__name__}: {err}") from err
     if not callable(module):
         raise ModelError(f"{where}: factory {source!r} returned {type(module).__name__}, expected a torch.nn.Module")
-    if hasattr(module, "eval"):
-        module.eval()
+    module = _eval(module)
     shape, dtype = _recorded_signature(module)
     return LoadedModel(name=attr, kind="torch_module", source=source, path=None, module=module,
                        input_shape=shape, input_dtype=dtype)
+
+
+def _eval(module):
+    """Inference mode for modules that have one (a torch.export module refuses eval())."""
+    try:
+        module.eval()
+    except (AttributeError, NotImplementedError):
+        pass
+    return module
 
 
 def _from_mlflow(uri, where):
@@ -179,7 +187,7 @@ def _from_mlflow(uri, where):
     elif "pytorch" in flavors:
         import mlflow.pytorch
 
-        module = mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
+        module = _eval(mlflow.pytorch.load_model(str(local), map_location="cpu"))
         shape, dtype = _recorded_signature(module)
         model = LoadedModel(name=name, kind="torch_module", source=uri, path=None, module=module,
                             input_shape=shape, input_dtype=dtype)

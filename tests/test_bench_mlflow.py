@@ -218,3 +218,35 @@ def test_cli_reports_bad_model_without_traceback(tmp_path):
 
 def test_model_error_type_is_exported():
     assert issubclass(ModelError, ValueError)
+
+
+def test_mlflow_model_uris_load_and_run(mlflow_server, tmp_path, monkeypatch):  # noqa: F811
+    """models:/NAME/VERSION (onnx flavor) and runs:/ID/PATH (pytorch flavor) from the real server."""
+    import mlflow
+    import onnx
+    import torch
+
+    from aifactory.benchmarks.config import ModelConfig
+    from aifactory.benchmarks.models import load_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("bench-models")
+    onnx_path = Path(tiny_config(tmp_path)["model"]["path"])
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 10))
+    with mlflow.start_run() as run:
+        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="onnx", registered_model_name="bench-digits")
+        mlflow.pytorch.log_model(module, name="torch", input_example=np.zeros((1, 64), np.float32))
+    registered = load_model(ModelConfig(path="models:/bench-digits/1"))
+    assert (registered.kind, registered.input_shape, registered.name) == ("onnx", (64,), "bench-digits")
+    from_run = load_model(ModelConfig(path=f"runs:/{run.info.run_id}/torch"))
+    assert (from_run.kind, from_run.input_shape) == ("torch_module", (64,))  # from the MLflow signature
+    x = torch.rand(1, 64)  # MLflow's pt2 export fixes the batch size at the input example's
+    with torch.no_grad():
+        assert torch.allclose(from_run.module(x), module(x))
+    # and a benchmark runs on the registered model end to end
+    result = run_benchmark(BenchmarkConfig.from_dict(tiny_config(tmp_path / "r", model={"path": "models:/bench-digits/1"})),
+                           progress=False)
+    assert result.model == "bench-digits"
+    assert result.child(scenario="Accuracy").metrics["accuracy"] > 0.9
