@@ -515,10 +515,29 @@ def format_cell(row, column) -> str:
 
 
 # -------------------------------------------------------------------- selection
+class ServerUnreachable(ConnectionError):
+    """The tracking server did not answer; raised before MLflow's minutes of retries."""
+
+
+def _probe(tracking_uri, timeout=5.0):
+    """Fail fast on a dead server: any HTTP answer (even 401 behind the hub) counts as reachable."""
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        raise ServerUnreachable(f"MLflow tracking server {tracking_uri} is not reachable: "
+                                f"{type(err).__name__}") from None
+
+
 def _client(tracking_uri):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    uri = client.tracking_uri or ""
+    if uri.startswith(("http://", "https://")):
+        _probe(uri)
+    return client
 
 
 def _resolve_experiments(client, names, issues) -> list:

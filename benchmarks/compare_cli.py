@@ -54,13 +54,15 @@ def _load(tracking_uri, experiments, models, tags, run_ids):
 
 def friendly_errors(fn):
     """Turn tracking-server failures into one clear line instead of a stack trace."""
+    from .compare import ServerUnreachable
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except ValueError as err:
+        except (ValueError, ServerUnreachable) as err:
             raise click.ClickException(str(err)) from None
         except Exception as err:
             from mlflow.exceptions import MlflowException

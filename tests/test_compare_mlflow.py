@@ -204,3 +204,14 @@ def test_empty_selection_is_a_clear_error(bench):
     assert "no benchmark runs match" in result.output and "Traceback" not in result.output
     bad_tag = CliRunner().invoke(main, ["compare", "--tracking-uri", bench.uri, "--tag", "oops"])
     assert bad_tag.exit_code == 2 and "KEY=VALUE" in bad_tag.output
+
+
+def test_unreachable_server_is_one_clear_line_not_minutes_of_retries():
+    from conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for command in ("compare", "report"):
+        result = CliRunner().invoke(main, [command, "--tracking-uri", dead, "-e", EXPERIMENT])
+        assert result.exit_code == 1, result.output
+        assert f"MLflow tracking server {dead} is not reachable" in result.output
+        assert "Traceback" not in result.output
