@@ -50,7 +50,7 @@ def running_mlflow_server(workdir, startup_timeout=120):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=5)  # a throwaway server: no need to wait out keep-alive connections
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
