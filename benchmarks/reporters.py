@@ -142,6 +142,10 @@ class MLflowReporter:
             return False
         try:
             _probe(self.tracking_uri)
+        except MLflowUnavailable as err:
+            self.error = f"MLflow at {self.tracking_uri} unreachable: {err}"
+            return False
+        try:
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(self.tracking_uri)
@@ -154,8 +158,8 @@ class MLflowReporter:
             self._log(self.parent_id, params=params)
             result.mlflow_run_id = self.parent_id
             return True
-        except Exception as err:  # noqa: BLE001 - any failure to reach MLflow means: keep results locally
-            self.error = f"MLflow at {self.tracking_uri} unreachable: {type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - any MLflow failure means: keep results locally
+            self.error = f"MLflow at {self.tracking_uri} refused the run: {type(err).__name__}: {_first_line(err)}"
             return False
 
     def log_child(self, result: BenchmarkResult, child: ChildResult, results_dir: Path):
@@ -225,6 +229,11 @@ def parent_tags(result: BenchmarkResult):
         if fingerprint.get(key):
             tags[tag] = str(fingerprint[key])
     return tags
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else ""
 
 
 def _probe(uri, timeout=5.0):
