@@ -510,6 +510,7 @@ def start_mlflow_server(args, port, secret):
         "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _persistent_secret(state / "flask_secret_key"),
         "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": env.get("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         # the GenAI job runner (huey consumers) costs four processes and is not used here
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
     })
