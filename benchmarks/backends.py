@@ -275,8 +275,9 @@ class OnnxRuntimeBackend(Backend):
         options = []
         for name in self.providers:
             if name == "TensorrtExecutionProvider":
-                opts = {"device_id": self.device_id, "trt_fp16_enable": self.cfg.precision == "fp16",
-                        "trt_bf16_enable": self.cfg.precision == "bf16"}
+                opts = {"device_id": self.device_id}
+                if self.cfg.precision != "fp32":  # only name the flag asked for: older TensorRT EPs lack bf16
+                    opts[f"trt_{self.cfg.precision}_enable"] = True
             elif name == "CUDAExecutionProvider":
                 opts = {"device_id": self.device_id}
             else:
