@@ -33,6 +33,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 
 from .mlflow_auth import SECRET_ENV, SECRET_HEADER, USER_HEADER
+from .procutil import stop_process_group
 
 log = logging.getLogger("aif.mlflow")
 
@@ -535,19 +536,6 @@ def _die_with_parent():
         import ctypes
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
-
-
-def stop_process_group(proc, timeout=15):
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
         pass
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import requests
 from . import hubconfig
 from .auth import UsersFile
 from .config import ConfigError, build_platform_config, make_platform_settings
+from .procutil import stop_process_group
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 
@@ -331,17 +331,7 @@ class Platform:
         self._platform_file().unlink(missing_ok=True)
 
     def _stop_proc(self, name, timeout=30):
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.procs.get(name), timeout)
 
     # --- the hub API -----------------------------------------------------------------------------
 
