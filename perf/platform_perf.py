@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import platform as pyplatform
-import statistics
 import subprocess
 import sys
 import tempfile
