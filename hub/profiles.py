@@ -20,7 +20,7 @@ INT_TEXT = re.compile(r"^[0-9]{1,6}$")
 IMAGE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 
 #: the keys a user may send; anything else (cmd, homedir, keepvars, options, ...) is refused
-USER_FIELDS = ("profile", "partition", "gpu_type", "gpus", "cpus", "memory_gb", "hours")
+USER_FIELDS = ("profile", "partition", "gpu_type", "gpus", "cpus", "memory_gb", "hours", "notebook_env")
 
 
 class OptionsError(ValueError):
@@ -53,6 +53,8 @@ class Profile:
     reservation: str = ""
     environment: dict = field(default_factory=dict)
     image: str = ""
+    # names of notebook environments (AIFSlurmSpawner.environments) offered; first is the default
+    environments: tuple = ()
 
     @classmethod
     def from_config(cls, entry):
@@ -64,7 +66,8 @@ class Profile:
         if unknown:
             raise ValueError(f"profile {label!r}: unknown keys {unknown}; expected some of {sorted(known)}")
         try:
-            profile = cls(**{**entry, "gpu_types": tuple(entry.get("gpu_types", ()))})
+            profile = cls(**{**entry, "gpu_types": tuple(entry.get("gpu_types", ())),
+                             "environments": tuple(entry.get("environments", ()))})
         except TypeError as err:
             raise ValueError(f"profile {label!r}: {err}") from err
         profile.check()
@@ -87,6 +90,11 @@ class Profile:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{where}: {key} must be a non-negative integer, got {value!r}")
+        for env_name in self.environments:
+            if not isinstance(env_name, str) or not SAFE_TOKEN.match(env_name):
+                raise ValueError(f"{where}: environments entry {env_name!r} must match {SAFE_TOKEN.pattern}")
+        if self.image and self.environments:
+            raise ValueError(f"{where}: give either image or environments, not both")
         if self.image and not IMAGE_PATH.match(self.image):
             raise ValueError(f"{where}: image must be an absolute path matching {IMAGE_PATH.pattern}")
         if self.max_gpus and not self.gpu_types:
@@ -184,6 +192,7 @@ class SessionRequest:
     qos: str = ""
     reservation: str = ""
     environment: tuple = ()
+    notebook_env: str = ""
 
     @property
     def gres(self):
@@ -216,6 +225,11 @@ def resolve_request(allowed, user_options):
         gpu_type = _choice(options, "gpu_type", list(profile.gpu_types), default=profile.gpu_types[0])
     elif options.get("gpu_type") not in (None, ""):
         raise OptionsError("gpu_type", "set without GPUs: choose gpus >= 1 or leave gpu_type empty")
+    notebook_env = ""
+    if profile.environments:
+        notebook_env = _choice(options, "notebook_env", list(profile.environments), default=profile.environments[0])
+    elif options.get("notebook_env") not in (None, ""):
+        raise OptionsError("notebook_env", f"profile {name} offers no choice of environment")
     return SessionRequest(
         profile=name,
         partition=profile.partition,
@@ -228,6 +242,7 @@ def resolve_request(allowed, user_options):
         qos=profile.qos,
         reservation=profile.reservation,
         environment=tuple(sorted(profile.environment.items())),
+        notebook_env=notebook_env,
     )
 
 

@@ -27,9 +27,9 @@ from batchspawner.api import BatchSpawnerAPIHandler
 from jinja2 import Template
 from jupyterhub import apihandlers
 from tornado import web
-from traitlets import Dict, Float, Integer, List, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, Unicode, default, observe, validate
 
-from .profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
+from .profiles import ENV_NAME, IMAGE_PATH, GroupLimit, OptionsError, Profile, allowances, resolve_request
 from .slurm_poller import SlurmPoller
 from .spawner_env import PlatformEnvMixin
 
@@ -143,6 +143,11 @@ FORM_TEMPLATE = Template(
     max="{{ a.memory_range[1] }}" value="{{ p.memory_gb }}"></label>
   <label>Hours <input type="number" name="hours@{{ p.name }}" min="1" max="{{ a.hours_max }}"
     value="{{ [p.hours, a.hours_max] | min }}"></label>
+  {% if p.environments %}
+  <label>Environment <select name="notebook_env@{{ p.name }}">
+    {% for e in p.environments %}<option value="{{ e }}">{{ environments.get(e, {}).get("display_name") or e }}</option>
+    {% endfor %}</select></label>
+  {% endif %}
 </fieldset>
 {% endfor %}
 """,
@@ -167,6 +172,16 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         help="""Per-hub-group limits, e.g. {"sme": {"max_gpus": 2, "max_hours": 8}}.
         Keys: `max_gpus`, `max_hours`, `profiles` (names the group may use). A user in several
         limited groups gets the most generous; users in no limited group are not narrowed.""",
+    ).tag(config=True)
+
+    environments = Dict(
+        help="""Notebook environments profiles may offer (profile key `environments`: a list of
+        these names), e.g. {"pytorch-onnx": {"display_name": "PyTorch + ONNX Runtime, CUDA 12",
+        "image": "/gpfs/apps/aif/images/pytorch-onnx-2026.11.1.sif"}}. Each entry has either
+        `image` (an Apptainer image; the server runs in `apptainer exec --nv IMAGE`) or `venv` (a
+        virtual environment on the shared filesystem), and optionally `env` (variables exported
+        in the job). `aifactory.images.spawner_environments(folder)` builds this from the
+        environments built with `aif images build`. See docs/environments.md.""",
     ).tag(config=True)
 
     squeue_command = Unicode(
@@ -209,6 +224,17 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         config=True
     )
 
+    startup_poll_interval = Float(
+        0.25,
+        help="""Seconds between Slurm queries while a session starts (stock: 0.5). Cheap here:
+        starting spawners share one squeue call per interval.""",
+    ).tag(config=True)
+
+    @observe("port")
+    def _wake_start_on_port(self, change):
+        if change["new"] and getattr(self, "_port_reported", None) is not None:
+            self._port_reported.set()
+
     @default("exec_prefix")
     def _exec_prefix_default(self):
         # jobs are submitted as the user; sudo is often absent on a minimal login node
@@ -238,6 +264,18 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             raise ValueError(f"profiles: duplicate names in {names}")
         return proposal["value"]
 
+    @validate("environments")
+    def _check_environments(self, proposal):
+        for name, entry in proposal["value"].items():
+            kinds = [k for k in ("image", "venv") if entry.get(k)] if isinstance(entry, dict) else []
+            if len(kinds) != 1 or not all(IMAGE_PATH.match(entry[k]) for k in kinds):
+                raise ValueError(f"environments[{name!r}]: expected a dict with exactly one of 'image' or "
+                                 f"'venv', an absolute path, got {entry!r}")
+            for key, value in (entry.get("env") or {}).items():
+                if not ENV_NAME.match(key) or not isinstance(value, str) or "\n" in value:
+                    raise ValueError(f"environments[{name!r}].env: {key!r} must be a NAME: single-line string")
+        return proposal["value"]
+
     @validate("group_limits")
     def _check_group_limits(self, proposal):
         for group, entry in proposal["value"].items():
@@ -257,6 +295,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.end_notice = ""
         self.restored_request = None
         self._submitted_at = None
+        self._port_reported = None
 
     # ---- profiles and validation -------------------------------------------------------------
     def user_allowances(self):
@@ -266,12 +305,13 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         return allowances(profiles, limits, groups)
 
     def _render_form(self):
-        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice)
+        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice,
+                                    environments=self.environments)
 
     def options_from_form(self, formdata):
         profile = (formdata.get("profile") or [""])[0]
         options = {"profile": profile}
-        for key in ("gpu_type", "gpus", "cpus", "memory_gb", "hours"):
+        for key in ("gpu_type", "gpus", "cpus", "memory_gb", "hours", "notebook_env"):
             values = formdata.get(f"{key}@{profile}")
             if values:
                 options[key] = values[0]
@@ -321,8 +361,12 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         environment = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.environment)
         profile = {p["name"]: p for p in self.profiles}[request.profile]
         image = profile.get("image", "")
+        cmd = self.cmd_formatted_for_batch()
+        if request.notebook_env:
+            image, cmd, env_exports = self._notebook_env_command(request.notebook_env)
+            environment = env_exports + environment
         subvars.update(
-            cmd=self.cmd_formatted_for_batch(),
+            cmd=cmd,
             job_name=self.job_name,
             output_file=self.output_file(),
             walltime_seconds=request.hours * 3600,
@@ -330,6 +374,27 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             image_prefix=f"apptainer exec --nv {shlex.quote(image)} " if image else "",
         )
         return Template(self.batch_script).render(**subvars)
+
+    def _notebook_env_command(self, name):
+        """(image, command, exports) that start the server inside the chosen environment."""
+        entry = self.environments.get(name)
+        if entry is None:
+            raise RuntimeError(f"environment {name!r} is offered by a profile but not defined in "
+                               "AIFSlurmSpawner.environments")
+        env = dict(entry.get("env") or {})
+        args = " ".join([*self.cmd[1:], *self.get_args()])
+        if entry.get("venv"):
+            bin_dir = f"{entry['venv']}/bin"
+            env["PATH"] = f"{bin_dir}:$PATH"  # terminals and %pip in the session use the env too
+            command = f"{bin_dir}/batchspawner-singleuser {bin_dir}/jupyterhub-singleuser {args}"
+            image = ""
+        else:  # inside the image, its own scripts are on PATH
+            command = f"batchspawner-singleuser jupyterhub-singleuser {args}"
+            image = entry["image"]
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()) if k != "PATH")
+        if "PATH" in env:
+            exports += f'export PATH="{env["PATH"]}"\n'
+        return image, command.strip(), exports
 
     # ---- Slurm state through the shared poller -----------------------------------------------
     @property
@@ -340,7 +405,9 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         # validate here too: a site may have replaced apply_user_options with its own hook
         self._apply_validated_options(self.user_options)
         self.port = 0
+        self._port_reported = asyncio.Event()
         self.node = ""
+        self.end_notice = ""  # shown on the form after the previous session; now outdated
         await self._check_python_reachable()
         job_id = await self.submit_batch_script()
         # only a squeue call started after sbatch returned is sure to list the job
@@ -352,10 +419,13 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.node = snapshot.jobs[job_id].node
         self.ip = self.node_addresses.get(self.node, self.node)
         while self.port == 0:
-            await asyncio.sleep(self.startup_poll_interval)
-            snapshot = await self.poller.get(max_age=max(self.startup_poll_interval * 4, 2))
-            if snapshot.phase(job_id) in ("finished", "gone"):
-                raise RuntimeError(self.failure_message(snapshot))
+            # woken as soon as the server reports its port; between reports, check it is alive
+            try:
+                await asyncio.wait_for(self._port_reported.wait(), timeout=2)
+            except asyncio.TimeoutError:
+                snapshot = await self.poller.get(max_age=2)
+                if snapshot.phase(job_id) in ("finished", "gone"):
+                    raise RuntimeError(self.failure_message(snapshot))
         self.db.commit()
         return self.ip, self.port
 
