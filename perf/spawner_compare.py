@@ -3,7 +3,8 @@
 Prints JSON:
 * login-to-JupyterLab seconds (p50/p95) for 1 user (repeated) and for 20 users at once: a real
   browser-like client logs in through the hub's form, starts a CPU session, and follows the
-  redirects until /user/<name>/lab serves JupyterLab;
+  redirects until /user/<name>/lab serves JupyterLab. Both hubs run side by side and take turns
+  in ABBA order, so load from the rest of the machine hits both alike;
 * squeue calls per minute with 1, 10 and 50 running sessions (a counting shim sits in front of
   squeue on the hub's PATH; sessions here are featherweight servers, see spawner_tiny_session.py).
 
@@ -98,20 +99,29 @@ class Side:
         raise RuntimeError(f"{self.kind}: sessions not running within {timeout}s")
 
 
-def measure_login(side, users, repeats):
-    single = []
-    for _ in range(repeats):
-        single.append(side.login_to_lab(users[0]))
+def measure_login(sides, users, rounds):
+    """Interleave the two hubs in ABBA order so machine drift hits both sides alike."""
+    single = {side.kind: [] for side in sides}
+    crowd = {side.kind: [] for side in sides}
+    order = [sides[0], sides[1], sides[1], sides[0]] * ((rounds * 2 + 3) // 4)
+    for side in order[:rounds * 2]:
+        single[side.kind].append(side.login_to_lab(users[0]))
         side.lab.stop_all_servers(timeout=120)
-    with ThreadPoolExecutor(len(users)) as pool:
-        crowd = list(pool.map(side.login_to_lab, users))
-    side.lab.stop_all_servers(timeout=180)
+    for side in order[:4]:
+        with ThreadPoolExecutor(len(users)) as pool:
+            crowd[side.kind] += list(pool.map(side.login_to_lab, users))
+        side.lab.stop_all_servers(timeout=180)
     return {
-        "one_user": {"n": len(single), "p50_s": round(statistics.median(single), 3),
-                     "p95_s": round(percentile(single, 95), 3)},
-        f"{len(users)}_users_at_once": {"p50_s": round(statistics.median(crowd), 3),
-                                        "p95_s": round(percentile(crowd, 95), 3)},
+        side.kind: {
+            "one_user": _summary(single[side.kind]),
+            f"{len(users)}_users_at_once": _summary(crowd[side.kind]),
+        }
+        for side in sides
     }
+
+
+def _summary(values):
+    return {"n": len(values), "p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 95), 3)}
 
 
 def measure_queries(side, counter, levels, window):
@@ -151,7 +161,8 @@ def main():
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help="fewer users and shorter windows (smoke run)")
     args = parser.parse_args()
-    crowd, repeats, levels, window = (5, 2, (1, 5), 20) if args.quick else (20, 3, (1, 10, 50), 30)
+    # repeats: single-user logins per side; the crowd runs twice per side (ABBA)
+    crowd, repeats, levels, window = (5, 2, (1, 5), 20) if args.quick else (20, 4, (1, 10, 50), 30)
     workdir = Path(tempfile.mkdtemp(prefix="aif-spawner-perf-"))
     workdir.chmod(0o755)
     cluster = MiniCluster(workdir / "cluster")
@@ -161,19 +172,25 @@ def main():
         for user in USERS[:max(crowd, max(levels))]:
             cluster.add_user(user)
         shim, counter = make_shim(workdir)
+        users = USERS[:max(crowd, max(levels))]
+        sides = [Side(kind, cluster, shim, workdir) for kind in ("stock", "ours")]
+        try:
+            for side in sides:
+                side.lab.start()
+                for user in users:
+                    side.lab.add_user(user)
+            result["login_to_lab"] = measure_login(sides, users[:crowd], repeats)
+        finally:
+            for side in sides:
+                side.lab.stop()
+        print("login-to-lab done", file=sys.stderr)
         for kind in ("stock", "ours"):
-            for tiny in (False, True):
-                side = Side(kind, cluster, shim, workdir, tiny=tiny)
-                with side.lab:
-                    users = USERS[:max(crowd, max(levels))]
-                    for user in users:
-                        side.lab.add_user(user)
-                    if tiny:
-                        result.setdefault("squeue_calls_per_min", {})[kind] = measure_queries(
-                            side, counter, levels, window)
-                    else:
-                        result.setdefault("login_to_lab", {})[kind] = measure_login(side, users[:crowd], repeats)
-                print(f"{kind} {'queries' if tiny else 'login'} done", file=sys.stderr)
+            side = Side(kind, cluster, shim, workdir, tiny=True)
+            with side.lab:
+                for user in users:
+                    side.lab.add_user(user)
+                result.setdefault("squeue_calls_per_min", {})[kind] = measure_queries(side, counter, levels, window)
+            print(f"{kind} squeue counts done", file=sys.stderr)
         result["ratios_ours_vs_stock"] = _ratios(result)
     finally:
         cluster.down()
