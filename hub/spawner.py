@@ -29,7 +29,7 @@ from jupyterhub import apihandlers
 from tornado import web
 from traitlets import Dict, Float, Integer, List, Unicode, default, observe, validate
 
-from .profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
+from .profiles import ENV_NAME, IMAGE_PATH, GroupLimit, OptionsError, Profile, allowances, resolve_request
 from .slurm_poller import SlurmPoller
 from .spawner_env import PlatformEnvMixin
 
@@ -143,6 +143,11 @@ FORM_TEMPLATE = Template(
     max="{{ a.memory_range[1] }}" value="{{ p.memory_gb }}"></label>
   <label>Hours <input type="number" name="hours@{{ p.name }}" min="1" max="{{ a.hours_max }}"
     value="{{ [p.hours, a.hours_max] | min }}"></label>
+  {% if p.environments %}
+  <label>Environment <select name="notebook_env@{{ p.name }}">
+    {% for e in p.environments %}<option value="{{ e }}">{{ environments.get(e, {}).get("display_name") or e }}</option>
+    {% endfor %}</select></label>
+  {% endif %}
 </fieldset>
 {% endfor %}
 """,
@@ -167,6 +172,16 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         help="""Per-hub-group limits, e.g. {"sme": {"max_gpus": 2, "max_hours": 8}}.
         Keys: `max_gpus`, `max_hours`, `profiles` (names the group may use). A user in several
         limited groups gets the most generous; users in no limited group are not narrowed.""",
+    ).tag(config=True)
+
+    environments = Dict(
+        help="""Notebook environments profiles may offer (profile key `environments`: a list of
+        these names), e.g. {"pytorch-onnx": {"display_name": "PyTorch + ONNX Runtime, CUDA 12",
+        "image": "/gpfs/apps/aif/images/pytorch-onnx-2026.11.1.sif"}}. Each entry has either
+        `image` (an Apptainer image; the server runs in `apptainer exec --nv IMAGE`) or `venv` (a
+        virtual environment on the shared filesystem), and optionally `env` (variables exported
+        in the job). `aifactory.images.spawner_environments(folder)` builds this from the
+        environments built with `aif images build`. See docs/environments.md.""",
     ).tag(config=True)
 
     squeue_command = Unicode(
@@ -249,6 +264,18 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             raise ValueError(f"profiles: duplicate names in {names}")
         return proposal["value"]
 
+    @validate("environments")
+    def _check_environments(self, proposal):
+        for name, entry in proposal["value"].items():
+            kinds = [k for k in ("image", "venv") if entry.get(k)] if isinstance(entry, dict) else []
+            if len(kinds) != 1 or not all(IMAGE_PATH.match(entry[k]) for k in kinds):
+                raise ValueError(f"environments[{name!r}]: expected a dict with exactly one of 'image' or "
+                                 f"'venv', an absolute path, got {entry!r}")
+            for key, value in (entry.get("env") or {}).items():
+                if not ENV_NAME.match(key) or not isinstance(value, str) or "\n" in value:
+                    raise ValueError(f"environments[{name!r}].env: {key!r} must be a NAME: single-line string")
+        return proposal["value"]
+
     @validate("group_limits")
     def _check_group_limits(self, proposal):
         for group, entry in proposal["value"].items():
@@ -278,12 +305,13 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         return allowances(profiles, limits, groups)
 
     def _render_form(self):
-        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice)
+        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice,
+                                    environments=self.environments)
 
     def options_from_form(self, formdata):
         profile = (formdata.get("profile") or [""])[0]
         options = {"profile": profile}
-        for key in ("gpu_type", "gpus", "cpus", "memory_gb", "hours"):
+        for key in ("gpu_type", "gpus", "cpus", "memory_gb", "hours", "notebook_env"):
             values = formdata.get(f"{key}@{profile}")
             if values:
                 options[key] = values[0]
@@ -333,8 +361,12 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         environment = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.environment)
         profile = {p["name"]: p for p in self.profiles}[request.profile]
         image = profile.get("image", "")
+        cmd = self.cmd_formatted_for_batch()
+        if request.notebook_env:
+            image, cmd, env_exports = self._notebook_env_command(request.notebook_env)
+            environment = env_exports + environment
         subvars.update(
-            cmd=self.cmd_formatted_for_batch(),
+            cmd=cmd,
             job_name=self.job_name,
             output_file=self.output_file(),
             walltime_seconds=request.hours * 3600,
@@ -342,6 +374,27 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             image_prefix=f"apptainer exec --nv {shlex.quote(image)} " if image else "",
         )
         return Template(self.batch_script).render(**subvars)
+
+    def _notebook_env_command(self, name):
+        """(image, command, exports) that start the server inside the chosen environment."""
+        entry = self.environments.get(name)
+        if entry is None:
+            raise RuntimeError(f"environment {name!r} is offered by a profile but not defined in "
+                               "AIFSlurmSpawner.environments")
+        env = dict(entry.get("env") or {})
+        args = " ".join([*self.cmd[1:], *self.get_args()])
+        if entry.get("venv"):
+            bin_dir = f"{entry['venv']}/bin"
+            env["PATH"] = f"{bin_dir}:$PATH"  # terminals and %pip in the session use the env too
+            command = f"{bin_dir}/batchspawner-singleuser {bin_dir}/jupyterhub-singleuser {args}"
+            image = ""
+        else:  # inside the image, its own scripts are on PATH
+            command = f"batchspawner-singleuser jupyterhub-singleuser {args}"
+            image = entry["image"]
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()) if k != "PATH")
+        if "PATH" in env:
+            exports += f'export PATH="{env["PATH"]}"\n'
+        return image, command.strip(), exports
 
     # ---- Slurm state through the shared poller -----------------------------------------------
     @property
