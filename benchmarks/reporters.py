@@ -34,14 +34,18 @@ class LocalWriter:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root = Path(results_dir)
         root.mkdir(parents=True, exist_ok=True)
-        final = root / f"{stamp}-{_slug(model_name)}"
-        n = 1
-        while final.exists() or final.with_name(final.name + ".partial").exists():
-            n += 1
-            final = root / f"{stamp}-{_slug(model_name)}-{n}"
-        self.final = final
-        self.path = final.with_name(final.name + ".partial")
-        self.path.mkdir()
+        base = f"{stamp}-{_slug(model_name)}"
+        for n in range(1, 10_000):  # job-array tasks may start in the same second: mkdir decides
+            final = root / (base if n == 1 else f"{base}-{n}")
+            partial = final.with_name(final.name + ".partial")
+            if final.exists():
+                continue
+            try:
+                partial.mkdir()
+                break
+            except FileExistsError:
+                continue
+        self.final, self.path = final, partial
         self._count = 0
 
     @property
