@@ -64,12 +64,13 @@ def main():
             suite, reference = [], []
             for i in range(args.rounds):
                 # back-to-back pairs, alternating who goes first, so each pair sees the same load
-                pair = [lambda: reference.append(reference_median_us(backend.module, staged[:1], args.seconds)),
-                        lambda: suite.append(suite_p50_us(backend, staged, args.seconds, f"{tmp}/{name}", f"r{i}"))]
-                for measure in pair if i % 2 == 0 else pair[::-1]:
-                    measure()
+                for side in ("reference", "suite") if i % 2 == 0 else ("suite", "reference"):
+                    if side == "reference":
+                        reference.append(reference_median_us(backend.module, staged[:1], args.seconds))
+                    else:
+                        suite.append(suite_p50_us(backend, staged, args.seconds, f"{tmp}/{name}", f"r{i}"))
             backend.close()
-            ratio = statistics.median(s / r for s, r in zip(suite, reference))
+            ratio = statistics.median(s / r for s, r in zip(suite, reference, strict=True))
             out["models"][name] = {"suite_p50_us": statistics.median(suite),
                                    "torch_utils_benchmark_median_us": statistics.median(reference),
                                    "ratio": ratio, "ratio_of_medians": statistics.median(suite) / statistics.median(reference),
