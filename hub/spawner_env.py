@@ -4,6 +4,9 @@ Mixed into both the local and the Slurm spawner, so that inside any session
 `import mlflow; mlflow.log_metric("x", 1)` works with no configuration.
 """
 
+import os
+from importlib.util import find_spec
+
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import Configurable
 
@@ -34,6 +37,7 @@ class PlatformEnvMixin(Configurable):
         env = super().get_env()
         if self.mlflow_tracking_uri:
             env.update(self.mlflow_env())
+        env.update(extensions_env(env))
         return env
 
     def mlflow_env(self):
@@ -52,3 +56,14 @@ class PlatformEnvMixin(Configurable):
             env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"
             env["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] = str(self.mlflow_async_buffer_seconds)
         return env
+
+
+def extensions_env(env):
+    """JUPYTER_CONFIG_PATH with the notebook extensions' config (enables /aif/session and the
+    example notebooks) also in an editable install, where pip's data-files do not reach etc/jupyter."""
+    spec = find_spec("aifactory.extensions")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    config_dir = os.path.join(list(spec.submodule_search_locations)[0], "etc", "jupyter")
+    paths = [config_dir] + [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+    return {"JUPYTER_CONFIG_PATH": os.pathsep.join(dict.fromkeys(paths))}

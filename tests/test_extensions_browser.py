@@ -1,0 +1,67 @@
+"""The example notebook in a real browser: hub login, spawn, JupyterLab, Run All, rendered widgets.
+
+Headless Debian Chromium driven by Playwright against the session-scoped platform fixture; the
+screenshot is kept in test-artifacts/extensions-lab.png.
+"""
+
+import pathlib
+
+import pytest
+from conftest import require, require_binary
+from platform_fixtures import platform, unique_user  # noqa: F401
+
+from aifactory.extensions.server import EXAMPLES_DIR
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
+NOTEBOOK = "digits_prototype_benchmark_compare.ipynb"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+def test_example_notebook_runs_in_jupyterlab_and_shows_results(platform):  # noqa: F811
+    require_binary("chromium", "chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "python playwright not installed (pip install -e '.[test]')")
+    user = unique_user("lab")
+    password = platform.add_user(user)
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "extensions-lab.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(f"{platform.url}/hub/login")
+            page.fill("input#username_input", user)
+            page.fill("input#password_input", password)
+            page.click("#login_submit")
+            page.goto(f"{platform.url}/hub/spawn/{user}")
+            page.wait_for_url(f"**/user/{user}/lab**", timeout=180_000)
+            page.goto(f"{platform.url}/user/{user}/lab/tree/{EXAMPLES_DIR}/{NOTEBOOK}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            try:
+                page.locator(".aif-results-table table").nth(1).wait_for(timeout=420_000)
+                board = page.locator(".aif-leaderboard table").first
+                board.wait_for(timeout=120_000)
+                pareto = page.locator(".aif-compare-panel img").first
+                pareto.scroll_into_view_if_needed()
+                pareto.wait_for(state="visible")
+            finally:
+                page.screenshot(path=str(screenshot), full_page=True)
+            assert "digits_cnn" in board.inner_text() and "digits_mlp_prototype" in board.inner_text()
+            assert pareto.evaluate("img => img.naturalWidth") > 100
+            histogram = page.locator(".aif-benchmark-panel img").first
+            assert histogram.evaluate("img => img.naturalWidth") > 100
+            assert page.locator(".aif-error").count() == 0
+            assert page.locator("a.aif-mlflow-link").count() >= 2
+        finally:
+            browser.close()
+            platform.api("DELETE", f"/users/{user}/server")
+    assert screenshot.stat().st_size > 10000
