@@ -1,0 +1,165 @@
+"""A real session on the Slurm mini-cluster runs inside the default spec's venv, chosen in the form.
+
+The hub reaches the session through the proxy, and the example notebook
+(aifactory.images/notebooks/environment-check.ipynb) runs in the environment's kernel: it imports
+torch, onnxruntime, mlflow and aifactory.extensions.
+"""
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from aifactory.hub.cluster import MiniCluster
+from aifactory.hub.spawner_lab import SpawnerLab
+from aifactory.images import spawner_environments
+from conftest import require_binary, require_root
+from images_fixtures import default_venv  # noqa: F401
+
+pytestmark = pytest.mark.slurm
+
+USER = "aif-envuser"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_root()
+    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
+        require_binary(binary, package)
+    state = Path(tempfile.mkdtemp(prefix="aif-images-cluster-"))
+    state.chmod(0o755)
+    mini = MiniCluster(state)
+    try:
+        mini.up()
+        mini.add_user(USER)
+        yield mini
+    finally:
+        mini.down()
+        MiniCluster.remove_user(USER)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(cluster, default_venv, tmp_path_factory):
+    spec, path, _ = default_venv
+    config = f"""
+c.AIFSlurmSpawner.startup_poll_interval = 0.2
+c.AIFSlurmSpawner.start_timeout = 120
+c.AIFSlurmSpawner.environments = {spawner_environments(path.parent)!r}
+c.AIFSlurmSpawner.profiles = [
+    {{"name": "cpu", "partition": "cpu", "cpus": 1, "memory_gb": 2, "environments": [{spec.name!r}]}},
+]
+"""
+    lab = SpawnerLab(tmp_path_factory.mktemp("hub"), extra_config=config, env=cluster.env())
+    try:
+        lab.start()
+        lab.add_user(USER)
+        lab.user_token_value = lab.user_token(USER)
+        yield lab
+    finally:
+        lab.stop()
+
+
+def wait_ready(hub, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = hub.api("GET", f"/users/{USER}").json()
+        if model["server"] and not model["pending"]:
+            return model
+        if not model["pending"] and not model["server"]:
+            raise AssertionError(f"the spawn ended without a server; hub log:\n{hub.log_text()[-3000:]}")
+        time.sleep(0.25)
+    raise AssertionError(f"not ready within {timeout}s; hub log:\n{hub.log_text()[-3000:]}")
+
+
+def server_process():
+    for proc in psutil.process_iter(["username", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["username"] == USER and any("jupyterhub-singleuser" in part for part in cmdline):
+            return proc
+    raise AssertionError(f"no jupyterhub-singleuser process of {USER}")
+
+
+def test_form_offers_the_environment(hub, default_venv):
+    spec, _, _ = default_venv
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login")
+    session.post(f"{hub.url}/hub/login", data={"username": USER, "password": hub.password,
+                                               "_xsrf": session.cookies.get("_xsrf")})
+    form = session.get(f"{hub.url}/hub/spawn").text
+    assert 'name="notebook_env@cpu"' in form and f'value="{spec.name}"' in form
+    assert f"{spec.display_name} ({spec.version})" in form
+
+
+def test_unknown_environment_is_refused_before_submission(hub, cluster):
+    response = hub.api("POST", f"/users/{USER}/server", json={"profile": "cpu", "notebook_env": "nope"})
+    assert response.status_code == 400 and "notebook_env: 'nope' is not allowed" in response.json()["message"]
+    assert cluster.run(["squeue", "-h", "-u", USER, "-o", "%i"]).stdout.split() == []
+
+
+async def test_session_runs_inside_the_venv_and_the_example_notebook_imports_everything(hub, default_venv):
+    spec, path, _ = default_venv
+    response = hub.api("POST", f"/users/{USER}/server", json={"profile": "cpu", "notebook_env": spec.name}, timeout=60)
+    assert response.status_code in (201, 202), response.text
+    wait_ready(hub)
+    headers = {"Authorization": f"token {hub.user_token_value}"}
+    assert requests.get(f"{hub.url}/user/{USER}/api/status", headers=headers, timeout=10).status_code == 200
+
+    proc = server_process()
+    assert proc.cmdline()[0].startswith(str(path / "bin")), proc.cmdline()
+    env = proc.environ()
+    assert (env["AIF_ENVIRONMENT"], env["AIF_ENVIRONMENT_VERSION"]) == (spec.name, spec.version)
+    assert env["PATH"].startswith(f"{path}/bin:")
+
+    kernel = requests.post(f"{hub.url}/user/{USER}/api/kernels", json={"name": spec.kernel.name},
+                           headers=headers, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    notebook = nbformat.reads((resources.files("aifactory.images") / "notebooks" / "environment-check.ipynb")
+                              .read_text(), as_version=4)
+    ws_url = f"{hub.url.replace('http', 'ws', 1)}/user/{USER}/api/kernels/{kernel.json()['id']}/channels"
+    connection = await websocket_connect(HTTPRequest(ws_url, headers=headers, connect_timeout=30))
+    try:
+        output = ""
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                output += await execute(connection, cell.source)
+    finally:
+        connection.close()
+    assert f"environment {spec.name} {spec.version}" in output, output
+    assert f"python {path}" in output and f"torch {spec.packages['torch']}" in output, output
+    assert f"onnxruntime {spec.packages['onnxruntime']}" in output and f"mlflow {spec.packages['mlflow']}" in output
+
+
+async def execute(connection, code, timeout=180):
+    """Run `code` in the kernel over the Jupyter messaging protocol; return its stdout, fail on an error."""
+    msg_id = uuid.uuid4().hex
+    await connection.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": USER, "session": uuid.uuid4().hex,
+                   "version": "5.3", "date": ""},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    stdout, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = json.loads(await connection.read_message())
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            stdout += content["text"]
+        elif kind == "error":
+            raise AssertionError(f"cell failed: {content['ename']}: {content['evalue']}\n{code}")
+        elif kind == "execute_reply":
+            return stdout
+    raise AssertionError(f"no execute_reply within {timeout}s for:\n{code}")
