@@ -75,6 +75,8 @@ def collect(config_dict=None):
         "slurm_node": os.environ.get("SLURMD_NODENAME"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "environment": environment_name(),
+        "environment_digest": os.environ.get("AIF_ENVIRONMENT_DIGEST"),
+        "environment_packages": environment_packages(),
         "config": config_dict,
     }
 
@@ -86,6 +88,21 @@ def environment_name():
     if name:
         return f"{name}:{version}" if version else name
     return f"python-{platform.python_version()}"
+
+
+def environment_packages():
+    """The pinned package versions of the environment this Python runs in (from its build manifest).
+
+    `aif images build` writes aif-environment.json into the venv / image prefix; None elsewhere.
+    """
+    import json
+    import sys
+
+    try:
+        with open(os.path.join(sys.prefix, "aif-environment.json")) as manifest:
+            return json.load(manifest).get("packages")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def hardware_tag(device: str, fingerprint: dict):

@@ -182,3 +182,53 @@ def test_spec_parse_accepts_double_equals_pins():
     data = spec_data()
     data["packages"]["numpy"] = "==2.4.6"
     assert parse_spec(data).packages["numpy"] == "2.4.6"
+
+
+def batch_script(environments, notebook_env):
+    """The job script our Slurm spawner writes for a session in `notebook_env` (no hub needed)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aifactory.hub.spawner import AIFSlurmSpawner
+
+    user = SimpleNamespace(name="nobody", groups=[], url="/user/nobody/", escaped_name="nobody", id=1)
+    hub = SimpleNamespace(url="http://127.0.0.1:8081/hub/", base_url="/hub/", api_url="http://127.0.0.1:8081/hub/api",
+                          public_host="")
+    spawner = AIFSlurmSpawner(user=user, hub=hub, environments=environments, profiles=[
+        {"name": "g", "partition": "gpu", "gpu_types": ["h200"], "min_gpus": 1, "max_gpus": 2,
+         "environments": list(environments)}])
+    spawner._apply_validated_options({"profile": "g", "gpus": "2", "notebook_env": notebook_env})
+    return asyncio.run(spawner._get_batch_script())
+
+
+def test_job_script_runs_the_server_inside_the_chosen_apptainer_image_with_gpus():
+    env = {"AIF_ENVIRONMENT": "pytorch-onnx", "AIF_ENVIRONMENT_VERSION": "2026.11.1"}
+    script = batch_script({"pytorch-onnx": {"image": "/gpfs/apps/aif/pytorch-onnx-2026.11.1.sif", "env": env}},
+                          "pytorch-onnx")
+    assert "#SBATCH --gres=gpu:h200:2\n" in script
+    assert "export AIF_ENVIRONMENT=pytorch-onnx\nexport AIF_ENVIRONMENT_VERSION=2026.11.1\n" in script
+    command = script.strip().splitlines()[-1]
+    assert command.startswith("apptainer exec --nv /gpfs/apps/aif/pytorch-onnx-2026.11.1.sif "
+                              "batchspawner-singleuser jupyterhub-singleuser --"), command
+
+
+def test_job_script_runs_the_server_from_the_chosen_venv(default_venv):
+    spec, path, _ = default_venv
+    script = batch_script(spawner_environments(path.parent), spec.name)
+    assert f'export PATH="{path}/bin:$PATH"\n' in script and f"export AIF_ENVIRONMENT={spec.name}\n" in script
+    command = script.strip().splitlines()[-1]
+    assert command.startswith(f"{path}/bin/batchspawner-singleuser {path}/bin/jupyterhub-singleuser --"), command
+    assert "apptainer" not in command
+
+
+def test_benchmark_fingerprint_records_the_environment_it_ran_in(default_venv):
+    spec, path, _ = default_venv
+    code = "import json; from aifactory.benchmarks.fingerprint import collect; print(json.dumps(collect()))"
+    env = {**spawner_environments(path.parent)[spec.name]["env"], "PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    done = subprocess.run([str(path / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    fingerprint = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fingerprint["environment"] == f"{spec.name}:{spec.version}"
+    assert fingerprint["environment_digest"] == spec.digest[:16]
+    assert {k: v.split("+")[0] for k, v in fingerprint["environment_packages"].items()} == spec.packages
