@@ -13,7 +13,6 @@ downloaded only when a significance test or a report needs them, and cached.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -706,8 +705,3 @@ def parse_tags(pairs) -> dict:
         tags[key.strip()] = value.strip()
     return tags
 
-
-def frame_to_csv_bytes(frame: pd.DataFrame) -> bytes:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    return buf.getvalue().encode()

@@ -24,7 +24,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "perf"))
 import compare_fixtures as cf  # noqa: E402
 
-from aifactory.benchmarks import pareto, stats  # noqa: E402
+from aifactory.benchmarks import pareto  # noqa: E402
 from aifactory.benchmarks.compare import EmptySelection, compare  # noqa: E402
 from aifactory.hub.cli import main  # noqa: E402
 

@@ -8,6 +8,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 
 import pytest
 import yaml
@@ -157,7 +158,18 @@ def test_reports_are_written_for_each_model_and_logged_to_mlflow(bench, reports)
         assert len(cmp.entries) == 4
 
 
-def test_reports_render_in_chromium_with_both_models_and_the_plots(reports):
+def _frame_with(page, selector, timeout_s=90):
+    """The (i)frame that shows `selector`: MLflow's UI renders HTML artifacts in an iframe."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if frame.locator(selector).count():
+                return frame
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no frame shows {selector} within {timeout_s}s")
+
+
+def test_reports_render_in_chromium_with_both_models_and_the_plots(bench, reports):
     require_binary("chromium", "chromium")
     try:
         from playwright.sync_api import sync_playwright
@@ -188,6 +200,13 @@ def test_reports_render_in_chromium_with_both_models_and_the_plots(reports):
                 image.scroll_into_view_if_needed()
                 assert image.is_visible() and image.evaluate("img => img.naturalWidth") > 100, plot
             page.screenshot(path=str(ARTIFACTS / "report-digits_mlp.png"), full_page=True)
+
+            # and it opens from the MLflow UI, where it is logged as an artifact
+            run_id, name = bench["ids"]["digits_mlp"], pathlib.Path(reports["paths"][label]).name
+            page.goto(f"{bench['uri']}/#/experiments/{bench['experiment_id']}/runs/{run_id}/artifacts/reports/{name}")
+            frame = _frame_with(page, "#confusion")
+            assert frame.get_by_role("heading", name=f"Model readiness: {label}").is_visible()
+            page.screenshot(path=str(ARTIFACTS / "report-in-mlflow-ui.png"))
         finally:
             browser.close()
     assert (ARTIFACTS / "report-comparison.png").stat().st_size > 10000
