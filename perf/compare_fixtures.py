@@ -47,7 +47,7 @@ def _free_port():
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir, startup_timeout=90):
+def mlflow_server(workdir, startup_timeout=180):
     """Yield the tracking URI of a fresh MLflow server under `workdir`; always stop it."""
     import requests
 
