@@ -21,8 +21,7 @@ from aifactory.benchmarks.config import BenchmarkConfig
 
 # tqdm reads defaults from TQDM_* variables: the runner's bar then prints lines we can parse
 PROGRESS = re.compile(r"AIFPROGRESS (\d+)/(\d+)\|([^|]*)\|")
-PROGRESS_ENV = {"TQDM_BAR_FORMAT": "AIFPROGRESS {n}/{total}|{desc}|\n", "TQDM_MININTERVAL": "0",
-                "TQDM_DYNAMIC_NCOLS": "False"}
+PROGRESS_ENV = {"TQDM_BAR_FORMAT": "AIFPROGRESS {n}/{total}|{desc}|\n", "TQDM_MININTERVAL": "0"}
 
 
 @dataclass
@@ -56,7 +55,7 @@ class BenchmarkJob:
             json.dump(self.config.to_dict(), f)
         env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "aifactory.extensions.worker", self.config_path],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
@@ -85,8 +84,8 @@ class BenchmarkJob:
             self.proc.kill()
 
     def _read_stdout(self):
-        for line in self.proc.stdout:
-            kind, _, payload = line.strip().partition(" ")
+        for raw in self.proc.stdout:
+            kind, _, payload = raw.decode(errors="replace").strip().partition(" ")
             if kind == "AIF_RUN":
                 self.state.mlflow_run_id = payload
             elif kind == "AIF_RESULT":
@@ -100,10 +99,10 @@ class BenchmarkJob:
     def _read_stderr(self):
         buffer = ""
         while True:
-            chunk = self.proc.stderr.read(256)
+            chunk = os.read(self.proc.stderr.fileno(), 4096)  # whatever is there: progress must not wait
             if not chunk:
                 break
-            buffer += chunk
+            buffer += chunk.decode(errors="replace")
             *lines, buffer = re.split(r"[\r\n]", buffer)
             for line in lines:
                 self._stderr_line(line)
@@ -111,7 +110,7 @@ class BenchmarkJob:
     def _stderr_line(self, line):
         match = PROGRESS.search(line)
         if match:
-            self.state.done, self.state.total, self.state.step = int(match[1]), int(match[2]), match[3].strip()
+            self.state.done, self.state.total, self.state.step = int(match[1]), int(match[2]), match[3].strip(" :")
             self._notify()
         elif line.startswith("WARNING: "):
             self.state.warnings.append(line[len("WARNING: "):])

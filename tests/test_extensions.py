@@ -185,3 +185,13 @@ def test_session_endpoint_needs_the_users_auth_and_examples_are_offered(platform
         assert CPU_NOTEBOOK.name in {item["name"] for item in listing["content"]}
     finally:
         platform.api("DELETE", f"/users/{user}/server")
+
+
+def test_gpu_example_notebook_runs_on_the_cpu_too(platform, mlflow_user, tmp_path):  # noqa: F811
+    nb = nbformat.read(NOTEBOOKS / "digits_gpu.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    values = [v for v in _widget_values(nb) if isinstance(v, str)]
+    assert any("aif-results-table" in v and "Offline" in v for v in values)
+    assert any("aif-leaderboard" in v and "digits_cnn-fp32" in v for v in values)
+    assert any("aif-session" in v for v in values) and not any("aif-error" in v for v in values)
