@@ -37,7 +37,7 @@ class EngineMissing(BuildError):
 
 
 # ---- resolution (before anything is built) -------------------------------------------------------
-def resolve(spec: EnvironmentSpec, base=None, timeout=300):
+def resolve(spec: EnvironmentSpec, base=None, timeout=900):
     """What pip would install for the spec (on top of `base`, a venv path, if given).
 
     Returns {canonical name: version} of the packages to install; raises BuildError with pip's
@@ -142,7 +142,8 @@ def _up_to_date(target, spec, base):
 
 def _create_venv(target, python, base, log):
     log(f"creating {target} with {python}")
-    done = _run([python, "-m", "venv", str(target)], 300, "creating the venv")
+    # layered: pip comes from the base (ensurepip is most of a bare venv's creation time)
+    done = _run([python, "-m", "venv", *(["--without-pip"] if base else []), str(target)], 300, "creating the venv")
     if done.returncode != 0:
         raise BuildError(f"creating the venv {target} failed:\n{done.stderr[-2000:]}")
     if base:
