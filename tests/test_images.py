@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from aifactory.images import spawner_environments
-from aifactory.images.build import BuildError, EngineMissing, build_venv, docker_engine, resolve, venv_path
+from aifactory.images.build import BuildError, EngineMissing, build_venv, docker_engine, venv_path
 from aifactory.images.cli import images
 from aifactory.images.render import render
 from aifactory.images.spec import SpecError, load_spec, parse_spec, shipped_specs, spec_path
@@ -174,8 +174,11 @@ def test_built_venv_is_offered_to_the_spawner(default_venv):
     assert offered["env"]["AIF_ENVIRONMENT"] == spec.name and offered["env"]["AIF_ENVIRONMENT_VERSION"] == spec.version
 
 
-def test_resolution_on_the_base_needs_nothing_more_for_the_default_spec():
-    assert resolve(load_spec(), base=sys.prefix) == {}
+def test_check_resolves_the_default_spec_on_the_base_with_nothing_more_to_install():
+    result = CliRunner().invoke(images, ["check", "pytorch-onnx", "--base", sys.prefix])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["spec"] == load_spec().tag and report["to_install"] == {}
 
 
 def test_spec_parse_accepts_double_equals_pins():
