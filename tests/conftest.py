@@ -39,3 +39,6 @@ def port():
 
 # the real platform (hub + proxy + MLflow service) for every test that asks for it
 from platform_fixtures import platform, platform_factory  # noqa: E402,F401
+
+# a real MLflow server (SQLite, served artifacts) shared by the benchmark and comparison tests
+from bench_fixtures import mlflow_server  # noqa: E402,F401

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench_fixtures import mlflow_server, tiny_config  # noqa: F401
+from bench_fixtures import tiny_config
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -34,7 +34,7 @@ def _artifacts(client, run_id, path=None):
 
 
 @pytest.fixture(scope="module")
-def logged(mlflow_server, tmp_path_factory):  # noqa: F811
+def logged(mlflow_server, tmp_path_factory):
     """One benchmark of two backends (ONNX Runtime, and torch on the TorchScript original) in MLflow."""
     results = tmp_path_factory.mktemp("results")
     config = tiny_config(
@@ -126,7 +126,7 @@ def test_predictions_artifact_holds_the_scored_predictions(logged, tmp_path):
         assert run.data.metrics["accuracy"] == pytest.approx(np.mean(npz["y_true"] == npz["y_pred"]))
 
 
-def test_failed_benchmark_marks_runs_failed_and_keeps_no_result(mlflow_server, tmp_path):  # noqa: F811
+def test_failed_benchmark_marks_runs_failed_and_keeps_no_result(mlflow_server, tmp_path):
     # a NaN-producing model fails the benchmark after MLflow runs exist
     import torch
 
@@ -150,7 +150,7 @@ def test_failed_benchmark_marks_runs_failed_and_keeps_no_result(mlflow_server, t
     assert not list((tmp_path / "results").iterdir()), "no partial result directory"
 
 
-def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, tmp_path):  # noqa: F811
+def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, tmp_path):
     from conftest import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
@@ -188,7 +188,7 @@ def test_upload_to_a_dead_server_fails_clearly(tmp_path):
     assert "unreachable" in cli.output and result.results_dir in cli.output
 
 
-def test_cli_run_logs_to_mlflow_from_env(mlflow_server, tmp_path, monkeypatch):  # noqa: F811
+def test_cli_run_logs_to_mlflow_from_env(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     model = Path(tiny_config(tmp_path)["model"]["path"])
     config = tmp_path / "bench.yaml"
@@ -220,7 +220,7 @@ def test_model_error_type_is_exported():
     assert issubclass(ModelError, ValueError)
 
 
-def test_mlflow_model_uris_load_and_run(mlflow_server, tmp_path, monkeypatch):  # noqa: F811
+def test_mlflow_model_uris_load_and_run(mlflow_server, tmp_path, monkeypatch):
     """models:/NAME/VERSION (onnx flavor) and runs:/ID/PATH (pytorch flavor) from the real server."""
     import mlflow
     import onnx

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import requests
 from bench_fixtures import tiny_config
-from platform_fixtures import platform, unique_user  # noqa: F401
+from platform_fixtures import unique_user
 
 from aifactory.benchmarks.config import BenchmarkConfig
 from aifactory.benchmarks.reporters import read_marker
 from aifactory.benchmarks.runner import run_benchmark
 
 
-def _search(platform, token, experiment_name):  # noqa: F811
+def _search(platform, token, experiment_name):
     headers = {"Authorization": f"Bearer {token}"}
     api = f"{platform.mlflow_url}/api/2.0/mlflow"
     experiment = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment_name},
@@ -23,7 +23,7 @@ def _search(platform, token, experiment_name):  # noqa: F811
     return runs.json().get("runs", [])
 
 
-def test_benchmark_logs_through_hub_auth_with_a_user_token(platform, tmp_path, monkeypatch):  # noqa: F811
+def test_benchmark_logs_through_hub_auth_with_a_user_token(platform, tmp_path, monkeypatch):
     user = unique_user("bench")
     platform.add_user(user)
     token = platform.user_token(user)
@@ -45,7 +45,7 @@ def test_benchmark_logs_through_hub_auth_with_a_user_token(platform, tmp_path, m
     assert artifact.status_code == 200 and result.mlflow_run_id in artifact.text
 
 
-def test_without_a_token_results_stay_local_with_the_reason(platform, tmp_path, monkeypatch):  # noqa: F811
+def test_without_a_token_results_stay_local_with_the_reason(platform, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", platform.mlflow_url)
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
     config = tiny_config(tmp_path, mlflow={"enabled": True, "experiment": "bench-anonymous"})

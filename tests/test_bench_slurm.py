@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bench_fixtures import mlflow_server, tiny_config  # noqa: F401
+from bench_fixtures import tiny_config
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -48,7 +48,7 @@ def _wait_gone(mini, job_id, timeout=240):
     raise AssertionError(f"job {job_id} still queued/running after {timeout}s")
 
 
-def test_submitted_sweep_runs_as_a_job_array_and_logs_to_mlflow(cluster, mlflow_server, monkeypatch):  # noqa: F811
+def test_submitted_sweep_runs_as_a_job_array_and_logs_to_mlflow(cluster, mlflow_server, monkeypatch):
     mini, state = cluster
     results = state / "results"
     config = tiny_config(results, mlflow={"enabled": True, "tracking_uri": mlflow_server, "experiment": "bench-slurm"})
