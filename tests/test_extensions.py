@@ -163,13 +163,15 @@ def test_session_endpoint_needs_the_users_auth_and_examples_are_offered(platform
     token = platform.user_token(user)
     platform.api("POST", f"/users/{user}/server").raise_for_status()
     try:
-        url = f"{platform.url}/user/{user}/aif/session"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            response = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=30)
-            if response.status_code == 200:
+            model = platform.api("GET", f"/users/{user}").json()
+            if model["server"] and not model["pending"]:
                 break
             time.sleep(0.5)
+        url = f"{platform.url}/user/{user}/aif/session"
+        response = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=30)
+        assert response.headers.get("Content-Type", "").startswith("application/json"), response.text[:500]
         info = response.json()
         assert info["user"] == user and info["slurm_job_id"] is None
         assert info["mlflow_url"] == "/services/mlflow/" and info["hub_control_panel_url"].endswith("/hub/home")
