@@ -197,3 +197,18 @@ def test_gpu_example_notebook_runs_on_the_cpu_too(platform, mlflow_user, tmp_pat
     assert any("aif-results-table" in v and "Offline" in v for v in values)
     assert any("aif-leaderboard" in v and "digits_cnn-fp32" in v for v in values)
     assert any("aif-session" in v for v in values) and not any("aif-error" in v for v in values)
+
+
+def test_aif_bench_magic_names_what_is_wrong_with_the_cell(tmp_path, monkeypatch):
+    from IPython.testing.globalipapp import get_ipython
+
+    monkeypatch.chdir(tmp_path)
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "aifactory.extensions")
+    shell.run_cell_magic("aif_bench", "--input-shape 64", "x = 1")
+    assert "defines no torch.nn.Module" in shell.user_ns["aif_bench_panel"].message.value
+    shell.run_cell_magic("aif_bench", "--input-shape 3", "import torch\nnet = torch.nn.Linear(64, 10)")
+    message = shell.user_ns["aif_bench_panel"].message.value
+    assert "cannot trace net with an input of shape (1, 3)" in message and "--input-shape" in message
+    assert shell.user_ns["aif_bench_panel"].job is None  # nothing was started
+    assert shell.run_line_magic("aif_session", "--json")["slurm_job_id"] is None
