@@ -78,6 +78,17 @@ def _spawner(c, rt):
     c.Spawner.http_timeout = 120
 
 
+def _service_timeout(seconds):
+    """How long the hub waits for the service to listen (JupyterHub >= 6; 30 s before).
+
+    Importing the service takes long on a loaded 2-core machine; the MLflow server itself
+    starts after the service listens.
+    """
+    from jupyterhub.services.service import Service
+
+    return {"timeout": seconds} if "timeout" in Service.class_traits(input=True) else {}
+
+
 def _services_and_roles(c, rt, state):
     ml = rt["mlflow"]
     c.JupyterHub.services = [
@@ -86,6 +97,7 @@ def _services_and_roles(c, rt, state):
             "url": f"http://127.0.0.1:{ml['service_port']}",
             "display": True,
             "oauth_no_confirm": True,
+            **_service_timeout(120),
             # MLflow's first start (DB migrations, gunicorn workers) outlasts JupyterHub's default
             # 30 s on a busy 2-core machine, and the hub then exits
             "timeout": 120,
