@@ -53,7 +53,7 @@ class BenchmarkJob:
         fd, self.config_path = tempfile.mkstemp(prefix="aif-bench-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.config.to_dict(), f)
-        env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1", "AIF_WORKER_PARENT": str(os.getpid())}
         self.proc = subprocess.Popen([sys.executable, "-m", "aifactory.extensions.worker", self.config_path],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
@@ -77,7 +77,9 @@ class BenchmarkJob:
             return
         self._cancelled = True
         self.proc.send_signal(signal.SIGTERM)
-        threading.Timer(self.kill_after_s, self._kill).start()
+        timer = threading.Timer(self.kill_after_s, self._kill)
+        timer.daemon = True  # never keeps the kernel (or a script) alive
+        timer.start()
 
     def _kill(self):
         if self.proc.poll() is None:

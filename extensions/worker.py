@@ -72,11 +72,24 @@ def _run(config, outcome):
         outcome["error"] = f"{type(err).__name__}: {err}"
 
 
+def _die_with_the_kernel():
+    """A restarted or killed kernel must not leave a benchmark (and a RUNNING MLflow run) behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(os.environ.get("AIF_WORKER_PARENT", os.getppid())):
+        _cancel(signal.SIGTERM, None)  # the kernel died before prctl took effect
+
+
 def main(path):
     from aifactory.benchmarks.config import BenchmarkConfig, ConfigError
 
     logging.basicConfig(level=logging.WARNING, format="WARNING: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _cancel)
+    _die_with_the_kernel()
     runner.MLflowReporter, runner.LocalWriter = AnnouncingReporter, TrackedWriter
     try:
         with open(path) as f:
