@@ -464,7 +464,14 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         if not self.job_id:
             return
         job_id = self.job_id
-        await self.cancel_batch_job()
+        try:
+            await self.cancel_batch_job()
+        except RuntimeError as err:
+            # scancel fails for a job that already ended (walltime, node failure): that is fine
+            snapshot = await self.poller.get(newer_than=time.monotonic())
+            if snapshot.phase(job_id) not in ("finished", "gone"):
+                raise RuntimeError(f"scancel {job_id} failed: {err}") from err
+            return
         if now:
             return
         cancelled = time.monotonic()

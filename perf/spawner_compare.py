@@ -140,6 +140,20 @@ def measure_queries(side, counter, levels, window):
     return rates
 
 
+def measure_overhead(sides, user, rounds):
+    """Spawn-to-ready with a featherweight server: the spawner + Slurm + hub part of the wait,
+    without JupyterLab's own start-up (which dominates login-to-lab on a small VM). ABBA order."""
+    times = {side.kind: [] for side in sides}
+    order = [sides[0], sides[1], sides[1], sides[0]] * ((rounds * 2 + 3) // 4)
+    for side in order[:rounds * 2]:
+        start = time.perf_counter()
+        side.spawn_api(user)
+        side.wait_running([user], timeout=120)
+        times[side.kind].append(time.perf_counter() - start)
+        side.lab.stop_all_servers(timeout=60)
+    return {kind: _summary(values) for kind, values in times.items()}
+
+
 def _count(counter):
     return len(counter.read_text().splitlines())
 
@@ -160,6 +174,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help="fewer users and shorter windows (smoke run)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only spawn-to-ready with featherweight servers (spawner overhead, ~2 min)")
     args = parser.parse_args()
     # repeats: single-user logins per side; the crowd runs twice per side (ABBA)
     crowd, repeats, levels, window = (5, 2, (1, 5), 20) if args.quick else (20, 4, (1, 10, 50), 30)
@@ -173,6 +189,18 @@ def main():
             cluster.add_user(user)
         shim, counter = make_shim(workdir)
         users = USERS[:max(crowd, max(levels))]
+        if args.overhead_only:
+            sides = [Side(kind, cluster, shim, workdir, tiny=True) for kind in ("stock", "ours")]
+            try:
+                for side in sides:
+                    side.lab.start()
+                    side.lab.add_user(users[0])
+                result["spawn_to_ready_featherweight"] = measure_overhead(sides, users[0], 10)
+            finally:
+                for side in sides:
+                    side.lab.stop()
+            _emit(result, args.out)
+            return
         sides = [Side(kind, cluster, shim, workdir) for kind in ("stock", "ours")]
         try:
             for side in sides:
@@ -197,10 +225,14 @@ def main():
         for user in USERS:
             MiniCluster.remove_user(user)
         shutil.rmtree(workdir, ignore_errors=True)
+    _emit(result, args.out)
+
+
+def _emit(result, out):
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 def _ratios(result):
