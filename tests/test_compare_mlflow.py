@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -32,13 +31,9 @@ EXPERIMENT = "issue5-bench"
 
 
 @pytest.fixture(scope="module")
-def server():
-    with tempfile.TemporaryDirectory(prefix="aif-mlflow-") as workdir, cf.mlflow_server(workdir) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def bench(server):
+def bench(mlflow_server):
+    """Two real models' benchmarks in the session's MLflow server (conftest), in experiments of their own."""
+    server = mlflow_server
     client = MlflowClient(server)
     experiment_id = client.create_experiment(EXPERIMENT)
     split = cf.digits_split()

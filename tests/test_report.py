@@ -4,9 +4,7 @@ A real MLflow server, the benchmark suite's own CLI (LoadGen scenarios, two back
 on), then leaderboards, reports logged as MLflow artifacts, and the pages rendered in Chromium.
 """
 
-import os
 import pathlib
-import sys
 import tempfile
 import time
 
@@ -17,12 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import require, require_binary
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "perf"))
-import compare_fixtures as cf  # noqa: E402
-
-from aifactory.benchmarks.compare import compare  # noqa: E402
-from aifactory.benchmarks.report import evaluate_slo, log_reports, parse_slo, readiness, write_reports  # noqa: E402
-from aifactory.hub.cli import main  # noqa: E402
+from aifactory.benchmarks.compare import compare
+from aifactory.benchmarks.report import evaluate_slo, log_reports, parse_slo, readiness, write_reports
+from aifactory.hub.cli import main
 
 EXPERIMENT = "issue5-report"
 MODELS_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "models"
@@ -48,8 +43,9 @@ def bench_config(model, uri, results_dir):
 
 
 @pytest.fixture(scope="module")
-def bench():
-    with tempfile.TemporaryDirectory(prefix="aif-mlflow-") as workdir, cf.mlflow_server(workdir) as uri:
+def bench(mlflow_server):
+    uri = mlflow_server  # the session's real MLflow server (conftest); this module has its own experiment
+    with tempfile.TemporaryDirectory(prefix="aif-bench-results-") as workdir:
         for model in REFERENCE_MODELS:
             path = pathlib.Path(workdir) / f"{model}.yaml"
             path.write_text(yaml.safe_dump(bench_config(model, uri, pathlib.Path(workdir) / "results")))
