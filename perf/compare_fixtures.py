@@ -59,6 +59,8 @@ def mlflow_server(workdir, startup_timeout=180):
          "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
          "--serve-artifacts", "--artifacts-destination", os.path.join(workdir, "artifacts")],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # the GenAI job runner (four huey processes) is not used by these servers
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     uri = f"http://127.0.0.1:{port}"
     try:
