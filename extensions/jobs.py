@@ -144,13 +144,13 @@ class BenchmarkJob:
             client = MlflowClient(self.config.mlflow.tracking_uri)
             if client.get_run(self.state.mlflow_run_id).info.status == "RUNNING":
                 client.set_terminated(self.state.mlflow_run_id, "KILLED")
-        except Exception:  # noqa: BLE001 - MLflow gone: nothing more can be recorded there
+        except Exception:  # noqa: BLE001, S110 - MLflow gone: nothing more can be recorded there
             pass
 
     def _notify(self):
         try:
             self.on_update(self.state)
-        except Exception:  # noqa: BLE001 - a display problem must not kill the watcher
+        except Exception:  # noqa: BLE001, S110 - a display problem must not kill the watcher
             pass
 
     def result(self):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -53,7 +52,7 @@ class AIFMagics(Magics):
         before = dict(self.shell.user_ns)
         result = self.shell.run_cell(cell)
         if not result.success:
-            return None
+            return
         panel = BenchmarkPanel(data=args.data, label=args.label, backends=args.backend or ["torch:eager"],
                                device=args.device, scenarios=args.scenario or ["SingleStream", "Offline"],
                                profile=args.profile, experiment=args.experiment)
@@ -66,9 +65,9 @@ class AIFMagics(Magics):
             panel.overrides["model"] = {"input_shape": shape}
         except Exception as err:  # noqa: BLE001 - the cell's model is the user's: say what went wrong
             panel.message.value = error_box(f"%%aif_bench: {err}")
-            return None
+            return
         panel.run(wait=not args.no_wait)
-        return None  # the panel is already displayed
+        return  # the panel is already displayed
 
 
 def find_module(namespace, before, name=None):

@@ -100,7 +100,7 @@ class BenchmarkPanel(w.VBox):
         choices = files_under(self.home, MODEL_SUFFIXES)
         try:
             choices += registered_models(self.tracking_uri)
-        except Exception:  # noqa: BLE001 - the list is a convenience; Run reports MLflow problems
+        except Exception:  # noqa: BLE001, S110 - the list is a convenience; Run reports MLflow problems
             pass
         return choices
 
@@ -273,8 +273,7 @@ class ComparePanel(w.VBox):
             return []
         runs = client.search_runs(ids, "tags.`aif.kind` = 'benchmark'", max_results=self.max_runs,
                                   order_by=["attributes.start_time DESC"])
-        return [(f"{r.data.tags.get('aif.model', '?')} · {r.data.tags.get('aif.hardware', '?')} · "
-                 f"{r.info.run_name} ({r.info.status})", r.info.run_id) for r in runs]
+        return [(_run_label(r), r.info.run_id) for r in runs]
 
     def compare(self):
         from aifactory.benchmarks.compare import compare
@@ -301,6 +300,11 @@ class ComparePanel(w.VBox):
         if not self.tracking_uri:
             raise ValueError("no tracking URI (MLFLOW_TRACKING_URI is not set)")
         _probe(self.tracking_uri)
+
+
+def _run_label(run):
+    tags = run.data.tags
+    return f"{tags.get('aif.model', '?')} · {tags.get('aif.hardware', '?')} · {run.info.run_name} ({run.info.status})"
 
 
 class SessionPanel(w.VBox):

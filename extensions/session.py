@@ -57,7 +57,7 @@ def gpu_stats(env=None, timeout=5) -> list:
         return []
     try:
         out = subprocess.run([smi, f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=timeout, env=dict(env or os.environ))
+                             check=False, capture_output=True, text=True, timeout=timeout, env=dict(env or os.environ))
     except (OSError, subprocess.TimeoutExpired):
         return []
     if out.returncode != 0:

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from typing import ClassVar
 
 from aifactory.benchmarks import runner
 from aifactory.benchmarks.reporters import LocalWriter, MLflowReporter, read_marker
@@ -28,7 +29,7 @@ CANCELLED_EXIT = 130
 class AnnouncingReporter(MLflowReporter):
     """Tells the panel the run id as soon as it exists (for its link and for clean-up)."""
 
-    started = []
+    started: ClassVar[list] = []
 
     def start(self, result, params):
         ok = super().start(result, params)
@@ -41,7 +42,7 @@ class AnnouncingReporter(MLflowReporter):
 class TrackedWriter(LocalWriter):
     """Remembers its partial directory so that a cancel can remove it."""
 
-    made = []
+    made: ClassVar[list] = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -5,15 +5,13 @@ other platform tests; benchmarks run in real worker processes with the quick pro
 """
 
 import datetime as dt
-import json
 import time
-from pathlib import Path
 
 import nbclient
 import nbformat
 import pytest
 import requests
-from platform_fixtures import open_lab, platform, unique_user  # noqa: F401
+from platform_fixtures import unique_user
 
 from aifactory.benchmarks.reference import MODELS_DIR
 from aifactory.extensions.panels import BenchmarkPanel, ComparePanel, render_session
@@ -94,7 +92,7 @@ def test_compare_panel_with_unreachable_mlflow_shows_the_error():
 # --- with the platform's MLflow ----------------------------------------------------------------
 
 @pytest.fixture
-def mlflow_user(platform, monkeypatch):  # noqa: F811
+def mlflow_user(platform, monkeypatch):
     user = unique_user("ext")
     platform.add_user(user)
     token = platform.user_token(user)
@@ -104,14 +102,14 @@ def mlflow_user(platform, monkeypatch):  # noqa: F811
     return user, token
 
 
-def _mlflow_run(platform, token, run_id):  # noqa: F811
+def _mlflow_run(platform, token, run_id):
     response = requests.get(f"{platform.mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id},
                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
     response.raise_for_status()
     return response.json()["run"]
 
 
-def test_cancel_stops_the_worker_and_leaves_no_run_running(platform, mlflow_user, tmp_path):  # noqa: F811
+def test_cancel_stops_the_worker_and_leaves_no_run_running(platform, mlflow_user, tmp_path):
     user, token = mlflow_user
     panel = BenchmarkPanel(home=tmp_path, model=str(MODELS_DIR / "digits_mlp.onnx"), scenarios=["SingleStream"],
                            profile="full", experiment=f"{user}/cancel")
@@ -136,8 +134,7 @@ def _widget_values(nb):
     return [model["state"].get("value") for model in state.values()]
 
 
-def test_example_notebook_runs_top_to_bottom_with_mlflow(platform, mlflow_user, tmp_path):  # noqa: F811
-    user, token = mlflow_user
+def test_example_notebook_runs_top_to_bottom_with_mlflow(platform, mlflow_user, tmp_path):
     nb = nbformat.read(CPU_NOTEBOOK, as_version=4)
     started = time.monotonic()
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -157,7 +154,7 @@ def test_example_notebook_runs_top_to_bottom_with_mlflow(platform, mlflow_user, 
 
 # --- the session endpoint through the hub ------------------------------------------------------
 
-def test_session_endpoint_needs_the_users_auth_and_examples_are_offered(platform):  # noqa: F811
+def test_session_endpoint_needs_the_users_auth_and_examples_are_offered(platform):
     user = unique_user("sess")
     platform.add_user(user)
     token = platform.user_token(user)
@@ -189,7 +186,7 @@ def test_session_endpoint_needs_the_users_auth_and_examples_are_offered(platform
         platform.api("DELETE", f"/users/{user}/server")
 
 
-def test_gpu_example_notebook_runs_on_the_cpu_too(platform, mlflow_user, tmp_path):  # noqa: F811
+def test_gpu_example_notebook_runs_on_the_cpu_too(platform, mlflow_user, tmp_path):
     nb = nbformat.read(NOTEBOOKS / "digits_gpu.ipynb", as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 from conftest import require, require_binary
-from platform_fixtures import platform, unique_user  # noqa: F401
+from platform_fixtures import unique_user
 
 from aifactory.extensions.server import EXAMPLES_DIR
 
@@ -20,7 +20,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run"]
 
 
-def test_example_notebook_runs_in_jupyterlab_and_shows_results(platform):  # noqa: F811
+def test_example_notebook_runs_in_jupyterlab_and_shows_results(platform):
     require_binary("chromium", "chromium")
     try:
         from playwright.sync_api import sync_playwright
