@@ -98,9 +98,6 @@ def _services_and_roles(c, rt, state):
             "display": True,
             "oauth_no_confirm": True,
             **_service_timeout(120),
-            # MLflow's first start (DB migrations, gunicorn workers) outlasts JupyterHub's default
-            # 30 s on a busy 2-core machine, and the hub then exits
-            "timeout": 120,
             "command": [
                 sys.executable, "-m", "aifactory.hub.mlflow_service",
                 "--state-dir", str(state / "mlflow"),
