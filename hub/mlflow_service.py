@@ -33,7 +33,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 
 from .mlflow_auth import SECRET_ENV, SECRET_HEADER, USER_HEADER
-from .procutil import stop_process_group
+from .procutil import die_with_parent, stop_process_group
 
 log = logging.getLogger("aif.mlflow")
 
@@ -528,15 +528,7 @@ def start_mlflow_server(args, port, secret):
     ]
     log_file = open(state / "mlflow-server.log", "ab")
     return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-
-
-def _die_with_parent():
-    try:  # Linux: the MLflow server goes when the bridge goes, even on SIGKILL
-        import ctypes
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+                            preexec_fn=die_with_parent)
 
 
 async def wait_for_mlflow(client, url, proc, timeout=120):
@@ -585,6 +577,8 @@ def parse_args(argv):
 
 async def serve(args):
     from urllib.parse import urlparse
+
+    die_with_parent()  # a hub killed without cleanup must not leave this service (and MLflow) behind
 
     secret = secrets.token_urlsafe(32)
     proc = start_mlflow_server(args, args.mlflow_port, secret)

@@ -20,7 +20,7 @@ import requests
 from . import hubconfig
 from .auth import UsersFile
 from .config import ConfigError, build_platform_config, make_platform_settings
-from .procutil import stop_process_group
+from .procutil import die_with_parent, stop_process_group
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 
@@ -237,7 +237,7 @@ class Platform:
     def _spawn(self, name, cmd, env, cwd):
         log = open(self.state / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         self.procs[name] = proc
         return proc

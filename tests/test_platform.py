@@ -277,3 +277,28 @@ def _processes_mentioning(path):
         except OSError:
             continue
     return found
+
+
+def test_killed_launcher_leaves_no_process(tmp_path):
+    """`aif up` killed with SIGKILL (no chance to clean up): proxy, hub and MLflow go with it."""
+    import signal
+    import time
+
+    state = tmp_path / "killed"
+    launcher = subprocess.Popen(AIF + ["up", "--state-dir", str(state), "--port", str(free_port())],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in launcher.stdout:
+            if "is up" in line:
+                break
+        else:
+            raise AssertionError("aif up did not come up")
+        assert len(_processes_mentioning(state)) >= 3  # proxy, hub, MLflow service (+ server)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while _processes_mentioning(state) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_mentioning(state), "processes outlived their killed launcher"
+    finally:
+        launcher.kill()
