@@ -10,7 +10,6 @@ gres.conf: Slurm then allocates them like real ones and sets CUDA_VISIBLE_DEVICE
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import re
@@ -26,10 +25,11 @@ from pathlib import Path
 
 import psutil
 
+from .unix_accounts import AccountError, ensure_unix_user, remove_unix_user
+
 # Environment marker given to the daemons: their job step processes inherit it, which lets
 # `down()` find anything a killed slurmd left behind without touching another cluster.
 MARKER_VAR = "AIF_MINICLUSTER"
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def default_cluster_dir():
@@ -168,30 +168,15 @@ class MiniCluster:
     # ---- users -------------------------------------------------------------------------------
     def add_user(self, name, groups=()):
         """Create a real Unix user with a home directory (idempotent); jobs run as this user."""
-        if not USERNAME_RE.match(name):
-            raise ClusterError(f"user name {name!r}: expected lowercase letters, digits, '_' or '-'")
         try:
-            pwd.getpwnam(name)
-        except KeyError:
-            _run(["useradd", "--create-home", "--shell", "/bin/bash", name])
-        for group in groups:
-            if not USERNAME_RE.match(group):
-                raise ClusterError(f"group name {group!r}: expected lowercase letters, digits, '_' or '-'")
-            try:
-                grp.getgrnam(group)
-            except KeyError:
-                _run(["groupadd", group])
-            _run(["usermod", "--append", "--groups", group, name])
-        return pwd.getpwnam(name)
+            return ensure_unix_user(name, groups)
+        except AccountError as err:
+            raise ClusterError(str(err)) from None
 
     @staticmethod
     def remove_user(name):
         """Delete a Unix user created by `add_user`, with its home directory."""
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            return
-        _run(["userdel", "--remove", "--force", name], check=False)
+        remove_unix_user(name)
 
     # ---- internals ---------------------------------------------------------------------------
     def _write_layout(self):

@@ -55,6 +55,8 @@ class Profile:
     image: str = ""
     # names of notebook environments (AIFSlurmSpawner.environments) offered; first is the default
     environments: tuple = ()
+    # hub groups whose members are offered this profile (a workshop's); empty: everyone
+    groups: tuple = ()
 
     @classmethod
     def from_config(cls, entry):
@@ -67,7 +69,8 @@ class Profile:
             raise ValueError(f"profile {label!r}: unknown keys {unknown}; expected some of {sorted(known)}")
         try:
             profile = cls(**{**entry, "gpu_types": tuple(entry.get("gpu_types", ())),
-                             "environments": tuple(entry.get("environments", ()))})
+                             "environments": tuple(entry.get("environments", ())),
+                             "groups": tuple(entry.get("groups", ()))})
         except TypeError as err:
             raise ValueError(f"profile {label!r}: {err}") from err
         profile.check()
@@ -161,6 +164,8 @@ def allowances(profiles, group_limits, user_groups):
     limits = [group_limits[g] for g in user_groups if g in group_limits]
     result = []
     for profile in profiles:
+        if profile.groups and not set(profile.groups) & set(user_groups):
+            continue
         if limits and not any(lim.profiles is None or profile.name in lim.profiles for lim in limits):
             continue
         max_gpus = _most_generous(profile.max_gpus, [lim.max_gpus for lim in limits])

@@ -32,6 +32,7 @@ from traitlets import Dict, Float, Integer, List, Unicode, default, observe, val
 from .profiles import ENV_NAME, IMAGE_PATH, GroupLimit, OptionsError, Profile, allowances, resolve_request
 from .slurm_poller import SlurmPoller
 from .spawner_env import PlatformEnvMixin
+from .workshops import WorkshopBook
 
 VENV_BIN = Path(sys.prefix) / "bin"
 
@@ -224,6 +225,14 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         config=True
     )
 
+    workshops_dir = Unicode(
+        "",
+        help="""Folder of workshop records (`aif workshop create`; the platform sets it). Each
+        active workshop adds a profile pinned to its Slurm reservation, offered to its group's
+        members only (and only that profile to them), and sends them to its course materials
+        (an nbgitpuller link) when their session starts.""",
+    ).tag(config=True)
+
     startup_poll_interval = Float(
         0.25,
         help="""Seconds between Slurm queries while a session starts (stock: 0.5). Cheap here:
@@ -298,11 +307,28 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self._port_reported = None
 
     # ---- profiles and validation -------------------------------------------------------------
+    def _workshops(self):
+        return WorkshopBook(self.workshops_dir).active() if self.workshops_dir else []
+
+    def profile_entries(self):
+        """The configured profiles plus those of active workshops."""
+        return [*self.profiles, *(ws.profile() for ws in self._workshops())]
+
     def user_allowances(self):
-        profiles = [Profile.from_config(entry) for entry in self.profiles]
-        limits = {g: GroupLimit.from_config(g, e) for g, e in self.group_limits.items()}
-        groups = [g.name for g in getattr(self.user, "groups", [])]
-        return allowances(profiles, limits, groups)
+        profiles = [Profile.from_config(entry) for entry in self.profile_entries()]
+        group_limits = {**self.group_limits, **{ws.group: {"profiles": [ws.profile_name]} for ws in self._workshops()}}
+        limits = {g: GroupLimit.from_config(g, e) for g, e in group_limits.items()}
+        return allowances(profiles, limits, self._user_groups())
+
+    def _user_groups(self):
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    def _workshop_materials_url(self):
+        groups = self._user_groups()
+        for ws in self._workshops():
+            if ws.group in groups and ws.materials:
+                return ws.materials_url()
+        return ""
 
     def _render_form(self):
         return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice,
@@ -359,7 +385,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         subvars = self.get_req_subvars()
         request = self.session_request
         environment = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.environment)
-        profile = {p["name"]: p for p in self.profiles}[request.profile]
+        profile = {p["name"]: p for p in self.profile_entries()}[request.profile]
         image = profile.get("image", "")
         cmd = self.cmd_formatted_for_batch()
         if request.notebook_env:
@@ -408,6 +434,9 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self._port_reported = asyncio.Event()
         self.node = ""
         self.end_notice = ""  # shown on the form after the previous session; now outdated
+        materials = self._workshop_materials_url()
+        if materials:
+            self.default_url = materials  # the server opens there: nbgitpuller merges, never overwrites
         await self._check_python_reachable()
         job_id = await self.submit_batch_script()
         # only a squeue call started after sbatch returned is sure to list the job
