@@ -85,6 +85,8 @@ def _onnx(path, where):
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise ModelError(f"{where}: {path} has {len(inputs)} inputs; the benchmark suite runs single-input models")
+    if not proto.graph.output:
+        raise ModelError(f"{where}: {path} declares no graph output; the benchmark suite reads the first output")
     tensor = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     return LoadedModel(
@@ -110,7 +112,7 @@ def _is_export_archive(path):
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in archive.namelist())
-    except zipfile.BadZipFile:
+    except Exception:  # noqa: BLE001 - only a hint; a damaged zip raises many types (bad UTF-8 names, EOF)
         return False
 
 
