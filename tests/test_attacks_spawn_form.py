@@ -71,7 +71,7 @@ QUIET = logging.getLogger("aif.attacks.spawn-form")
 QUIET.setLevel(logging.CRITICAL)  # the hub logs each refused request with a traceback: not needed here
 LOOP = asyncio.new_event_loop()
 TALLY = Counter()
-SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+SETTINGS = {"deadline": None, "derandomize": True, "database": None, "suppress_health_check": list(HealthCheck)}
 
 
 def make_spawner(groups):
