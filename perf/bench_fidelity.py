@@ -33,12 +33,11 @@ import mlperf_loadgen as lg
 import numpy as np
 import torch
 import torch.utils.benchmark as tbench
-from scipy import stats
-
 from aifactory.benchmarks.backends import TorchBackend
 from aifactory.benchmarks.config import BackendConfig, ModelConfig, ScenarioConfig
 from aifactory.benchmarks.models import load_model
 from aifactory.benchmarks.scenarios import ScenarioRunner, read_detail_log
+from scipy import stats
 
 MODELS = ["image_cnn", "mlp_512", "mlp_1024"]
 N_SAMPLES = 256
