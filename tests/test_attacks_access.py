@@ -6,7 +6,10 @@ identity headers and MLflow's own port. Then traversal on artifacts: uploads and
 `..`, absolute paths and (double) URL-encoded dots through MLflow's artifact proxy, get-artifact
 and artifacts/list, and experiments whose artifact location points outside the artifact root.
 Every attempt is its own parametrized case; each must be refused (401/403/404, or 400 for a
-malformed path) without leaking A's data; no file lands outside the artifact root.
+malformed path) without leaking A's data; no file lands outside the artifact root. One nuance:
+the proxy (CHP) collapses `..` segments before the MLflow service sees a URL, so an upload path
+that climbs out of B's run and back down inside B's own experiment is written there; that case
+is accepted only if the file is inside B's experiment (never A's, never outside the root).
 
 One platform (the session's) and one server for A serve the whole module.
 """
