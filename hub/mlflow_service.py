@@ -33,6 +33,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 
 from .mlflow_auth import SECRET_ENV, SECRET_HEADER, USER_HEADER
+from .mlflow_store import ENABLE_ENV as BULK_INGEST_ENV
 from .procutil import die_with_parent, stop_process_group
 
 log = logging.getLogger("aif.mlflow")
@@ -362,8 +363,9 @@ class ProxyHandler(BaseHandler):
             payload = json.loads(body or b"{}")
         except ValueError:
             raise MLflowError(400, "MALFORMED_REQUEST", f"{endpoint}: the body is not JSON") from None
-        await REWRITES[endpoint](self, name, payload)
-        return json.dumps(payload).encode()
+        changed = await REWRITES[endpoint](self, name, payload)
+        # a checked body goes on as it came: re-encoding 1,000-point batches is pure cost
+        return json.dumps(payload).encode() if changed else body
 
     async def _stream(self, name, body):
         upstream = self.backends.mlflow_url + self.request.path
@@ -405,6 +407,8 @@ class ProxyHandler(BaseHandler):
 
 
 # --- attribution rules, per MLflow endpoint ---------------------------------------------------
+# Each gets the parsed body; it raises to refuse, and returns True when it rewrote the payload
+# (otherwise the original bytes go on: MLflow parses them with the same json module).
 
 def _refuse_user_tag(name, tags, where):
     for tag in tags or []:
@@ -417,6 +421,7 @@ async def _attribute_new_run(handler, name, payload):
     payload["user_id"] = name
     tags = [t for t in payload.get("tags") or [] if t.get("key") != USER_TAG]
     payload["tags"] = tags + [{"key": USER_TAG, "value": name}]
+    return True
 
 
 async def _check_set_tag(handler, name, payload):
@@ -512,6 +517,8 @@ def start_mlflow_server(args, port, secret):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _persistent_secret(state / "flask_secret_key"),
         "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": env.get("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool"),
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # a log-batch in one INSERT (mlflow_store.py): sessions send their points 1,000 at a time
+        BULK_INGEST_ENV: env.get(BULK_INGEST_ENV, "1"),
         # the GenAI job runner (huey consumers) costs four processes and is not used here
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
     })

@@ -10,6 +10,8 @@ from importlib.util import find_spec
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import Configurable
 
+from ..extensions.mlflow_store import ENABLE_ENV as BUFFERED_LOGGING_ENV
+
 
 class PlatformEnvMixin(Configurable):
     """Adds the MLflow tracking settings of the platform to the server's environment."""
@@ -29,8 +31,17 @@ class PlatformEnvMixin(Configurable):
 
     mlflow_async_buffer_seconds = Integer(
         1,
-        help="""With asynchronous logging, how long the client gathers points before sending
-        them as one batch. Without it MLflow sends every queued point as its own request.""",
+        help="""With asynchronous logging, how long logged points gather in the session before they
+        are sent as one batch (with buffered logging a full batch of 1,000 goes at once, and a
+        read or the run's end sends what is left).""",
+    ).tag(config=True)
+
+    mlflow_buffered_logging = Bool(
+        True,
+        help="""With asynchronous logging, log through the platform's in-process buffer
+        (aifactory.extensions.mlflow_logging) instead of MLflow's async queue: a `log_metric`
+        call costs a list append instead of a thread-pool hand-off, and one background thread
+        sends large batches. Reads and the run's end see every point logged before them.""",
     ).tag(config=True)
 
     def get_env(self):
@@ -55,6 +66,8 @@ class PlatformEnvMixin(Configurable):
         if self.mlflow_async_logging:
             env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"
             env["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] = str(self.mlflow_async_buffer_seconds)
+            if self.mlflow_buffered_logging:
+                env[BUFFERED_LOGGING_ENV] = "1"
         return env
 
 
