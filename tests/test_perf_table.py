@@ -35,6 +35,8 @@ def sample_report():
             "bench_overhead": entry("bench_overhead", {
                 "suite_p50_us": 2.4, "loadgen_alone_p50_us": 2.0, "overhead_p50_us": 0.4, "target_us": 2.0,
                 "ratio_p50_suite_vs_loadgen_alone": 1.2, "meets_target": True}),
+            "workshop_start": entry("workshop_start", {"seats": 30, "ready": 30, "failed": 0, "p50_s": 50.0,
+                                                       "p95_s": 70.0, "max_s": 72.0, "hub_cpu_s": 9.0}),
             "bench_gpu": entry("bench_gpu", {"metric": "gpu_benchmarks", "skipped": True, "reason": "no CUDA"}),
             "spawner": entry("spawner_compare", exit_code=1, error="Traceback ..."),
             "compare_runs": entry("compare_runs", timed_out=True, exit_code=-9, seconds=240.0),
@@ -57,6 +59,9 @@ def test_each_figure_is_a_row_with_machine_date_and_command():
     assert "`.venv/bin/python perf/login_scale.py`" in crowd
     overhead = next(r for r in rows if "harness overhead" in r)
     assert "overhead +0.40 µs" in overhead and "overhead <= 2 µs/query: met" in overhead
+    workshop = next(r for r in rows if "workshop start, 30 seats" in r)
+    assert "ready 30/30; p50 50.0 s, p95 70.0 s, max 72.0 s; hub CPU 9.0 s" in workshop
+    assert "every seat ready: met" in workshop
 
 
 def test_failures_show_as_failed_and_no_gpu_is_not_a_failure():
