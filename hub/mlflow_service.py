@@ -46,6 +46,10 @@ HOP_BY_HOP = {
     USER_HEADER.lower(), SECRET_HEADER.lower(),
 }
 IDENTITY_TTL = 30.0  # seconds a user's hub groups/admin flag are trusted before re-reading
+# below this the stores' filesystem counts as full: SQLite then fails even to read a WAL database
+MIN_FREE_BYTES = 1 << 20
+STORE_FULL_MESSAGE = ("the platform's MLflow store is out of disk space: nothing was recorded; "
+                      "ask the platform operator to free space, then log again")
 
 
 class MLflowError(web.HTTPError):
@@ -55,6 +59,18 @@ class MLflowError(web.HTTPError):
         super().__init__(status, message)
         self.error_code = error_code
         self.message = message
+
+
+def out_of_space(paths):
+    """The first of `paths` whose filesystem is (nearly) full, else None."""
+    for path in paths:
+        try:
+            fs = os.statvfs(path)
+        except OSError:
+            continue
+        if fs.f_bavail * fs.f_frsize < MIN_FREE_BYTES:
+            return path
+    return None
 
 
 # --- state kept by the bridge -------------------------------------------------------------------
@@ -106,13 +122,14 @@ class ShareStore:
 class Backends:
     """HTTP calls the bridge makes: to MLflow as its service admin, and to the hub API."""
 
-    def __init__(self, mlflow_url, prefix, secret, hub_api_url, hub_token, shares):
+    def __init__(self, mlflow_url, prefix, secret, hub_api_url, hub_token, shares, store_dirs=()):
         self.mlflow_url = mlflow_url  # origin: http://127.0.0.1:PORT
         self.mlflow_base = mlflow_url + prefix  # MLflow serves everything under the prefix
         self.secret = secret
         self.hub_api_url = hub_api_url
         self.hub_token = hub_token
         self.shares = shares
+        self.store_dirs = list(store_dirs)  # where the databases and artifacts live, to check for space
         self.client = AsyncHTTPClient(max_clients=64)
         self.ready = False
         self._identities = {}  # username -> (checked_at, admin, groups)
@@ -215,6 +232,12 @@ class Backends:
             await self._set_permission("revoke", experiment_id, username)
         self.shares.forget_grant(experiment_id, username)
 
+    def store_full(self):
+        path = out_of_space(self.store_dirs)
+        if path:
+            log.error("no space left under %s: MLflow requests fail until space is freed", path)
+        return path is not None
+
     def forget_identity(self, username=None):
         if username is None:
             self._identities.clear()
@@ -253,6 +276,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         code = getattr(exc, "error_code", None) or {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                                                       404: "RESOURCE_DOES_NOT_EXIST"}.get(status_code, "INTERNAL_ERROR")
         message = getattr(exc, "message", None) or getattr(exc, "log_message", None) or self._reason
+        if (status_code >= 500 or code == "UNAUTHENTICATED") and self.backends.store_full():
+            # a full disk breaks MLflow and the hub in many ways (SQL errors, tokens refused): name the
+            # cause once; 507 because MLflow clients retry 5xx answers for minutes before giving up
+            status_code, code, message = 507, "RESOURCE_EXHAUSTED", STORE_FULL_MESSAGE
+            self.set_status(status_code)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error_code": code, "message": message}))
 
@@ -374,6 +402,7 @@ class ProxyHandler(BaseHandler):
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in HOP_BY_HOP}
         headers.update(self.backends.mlflow_headers(name))
         self._headers_sent = False
+        self._error_body = None
         request = HTTPRequest(
             upstream, method=self.request.method, headers=headers, body=body,
             allow_nonstandard_methods=True, follow_redirects=False, decompress_response=False,
@@ -385,12 +414,17 @@ class ProxyHandler(BaseHandler):
             raise MLflowError(502, "TEMPORARILY_UNAVAILABLE", f"MLflow server unreachable: {err}") from None
         except ConnectionError as err:
             raise MLflowError(502, "TEMPORARILY_UNAVAILABLE", f"MLflow server unreachable: {err}") from None
+        if self._error_body is not None:
+            if self.backends.store_full():
+                raise MLflowError(507, "RESOURCE_EXHAUSTED", STORE_FULL_MESSAGE)
+            self.write(b"".join(self._error_body))
         self.finish()
 
     def _on_header(self, line):
         if line.startswith("HTTP/"):
             self._status_line = httputil.parse_response_start_line(line.strip())
             self.set_status(self._status_line.code, self._status_line.reason)
+            self._error_body = [] if self._status_line.code >= 500 else None  # held back: a full disk?
             self.clear_header("Content-Type")
             return
         if not line.strip():
@@ -400,6 +434,9 @@ class ProxyHandler(BaseHandler):
             self.add_header(key.strip(), value.strip())
 
     def _on_chunk(self, chunk):
+        if self._error_body is not None:
+            self._error_body.append(chunk)
+            return
         self.write(chunk)
         self.flush()
 
@@ -553,6 +590,17 @@ async def wait_for_mlflow(client, url, proc, timeout=120):
     raise SystemExit(f"MLflow server did not answer within {timeout}s; see mlflow-server.log")
 
 
+def store_dirs(args):
+    """Local directories the stores write to: the service's own, SQLite files', local artifacts."""
+    dirs = [args.state_dir]
+    for uri in (args.backend_store_uri, args.auth_db_uri):
+        if uri.startswith("sqlite:///"):
+            dirs.append(str(Path(uri[len("sqlite:///"):]).parent))
+    if "://" not in args.artifacts_destination:
+        dirs.append(args.artifacts_destination)
+    return list(dict.fromkeys(dirs))
+
+
 def make_app(prefix, backends):
     prefix = prefix.rstrip("/") + "/"
     return web.Application(
@@ -598,7 +646,7 @@ async def serve(args):
         backends = Backends(
             mlflow_url=f"http://127.0.0.1:{args.mlflow_port}", prefix=args.prefix.rstrip("/") + "/", secret=secret,
             hub_api_url=os.environ["JUPYTERHUB_API_URL"], hub_token=os.environ["JUPYTERHUB_API_TOKEN"],
-            shares=ShareStore(Path(args.state_dir) / "bridge.sqlite"),
+            shares=ShareStore(Path(args.state_dir) / "bridge.sqlite"), store_dirs=store_dirs(args),
         )
         # listen at once (the hub gives a managed service only seconds to answer); requests
         # get 503 until the MLflow server, which takes far longer to start, is ready
