@@ -64,9 +64,13 @@ class UsersFile:
             users = self.read()
             yield users
             tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as f:
-                json.dump(users, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as f:
+                    json.dump(users, f, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # e.g. a full disk: the users file stays as it was
+                raise
 
     def add(self, name, password=None, admin=False, groups=(), expires=None, replace=False):
         """Create (or with replace=True, reset) an account; returns its password."""

@@ -146,6 +146,8 @@ def user_add(name, state_dir, admin, groups):
         password = platform.users.add(name, admin=admin, groups=groups)
     except ValueError as err:
         _fail(err)
+    except OSError as err:  # a full or read-only state directory: say which file and why
+        _fail(f"could not write the users file {platform.users.path}: {err.strerror}; nothing was changed")
     click.echo(password)
 
 
