@@ -9,7 +9,8 @@ draws its queries (a fixed x would stay in L1/L2 and flatter the reference).
 Where a gap comes from: a third side, the smallest LoadGen SUT (LoadGen's own example shape:
 `module(view)` then QuerySamplesComplete, same settings), splits the ratio into the suite's own
 cost (suite / bare LoadGen) and LoadGen's (bare LoadGen / torch.utils.benchmark: its
-issue->complete path and its logging thread, which any LoadGen figure carries).
+issue->complete path, ~2 us, and whatever running inside a LoadGen test does to the model call;
+no SUT can remove that part).
 
 Robust to a shared VM's noise (rounds vary +-20%): many short rounds, each side back to back
 with the order alternating, so a round's sides see the same load; each figure is the median of
