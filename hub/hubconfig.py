@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 MLFLOW_SERVICE = "mlflow"
+WORKSHOP_SERVICE = "workshops"
 ADMIN_SERVICE = "aif-admin"
 
 ADMIN_SERVICE_SCOPES = [
@@ -39,6 +40,7 @@ def configure_hub(c):
         from .culler import add_idle_culler
 
         add_idle_culler(c)
+        _workshops(c, rt, state)
 
 
 def _network(c, rt):
@@ -75,7 +77,9 @@ def _spawner(c, rt):
     c.PlatformEnvMixin.mlflow_tracking_uri = rt["public_url"].rstrip("/") + f"/services/{MLFLOW_SERVICE}"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 300
-    c.Spawner.http_timeout = 120
+    # counted from the job's port report to JupyterLab answering: a class of 30 starting on
+    # shared cores takes ~2 min (perf/login_scale.py), so give it the whole start budget
+    c.Spawner.http_timeout = 300
 
 
 def _service_timeout(seconds):
@@ -118,3 +122,27 @@ def _services_and_roles(c, rt, state):
         {"name": "mlflow-service", "services": [MLFLOW_SERVICE], "scopes": ["read:users", "list:users", "read:groups", "list:groups"]},
         {"name": "aif-admin", "services": [ADMIN_SERVICE], "scopes": ADMIN_SERVICE_SCOPES},
     ]
+
+
+def _workshops(c, rt, state):
+    """Workshops (`aif workshop`): the trainer page, each trainer's role, the group banner."""
+    from .workshops import WorkshopBook, announcement_for
+
+    book = WorkshopBook(state / "workshops")
+    c.AIFSlurmSpawner.workshops_dir = str(book.root)
+    env = {k: os.environ[k] for k in ("PATH", "SLURM_CONF") if k in os.environ}
+    c.JupyterHub.services.append({
+        "name": WORKSHOP_SERVICE,
+        "url": f"http://127.0.0.1:{rt['workshop_service_port']}",
+        "display": True,
+        "oauth_no_confirm": True,
+        "environment": {**env, "AIF_STATE_DIR": str(state)},
+        "command": [sys.executable, "-m", "aifactory.hub.workshop_service"],
+    })
+    c.JupyterHub.load_roles.append({
+        "name": "workshop-service", "services": [WORKSHOP_SERVICE],
+        "scopes": ["list:users", "read:users", "read:servers", "read:groups", "list:groups"],
+    })
+    # roles are hub configuration: `aif workshop create/end` restart the hub to change them
+    c.JupyterHub.load_roles.extend(ws.trainer_role() for ws in book.active())
+    c.JupyterHub.template_vars = {"announcement": lambda user: announcement_for(book, user)}

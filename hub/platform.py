@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class Platform:
         self.slurm_conf = slurm_conf
         self.extra_env = dict(env or {})
         self.procs = {}
+        self.reload_on_signal = False  # set by `aif up`, whose main loop restarts the hub on SIGUSR1
 
     # --- paths and secrets --------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class Platform:
             "proxy_api_port": pick("proxy_api", previous.get("proxy_api_port")),
             "mlflow_service_port": pick("mlflow_service", ml_prev.get("service_port")),
             "mlflow_server_port": pick("mlflow_server", ml_prev.get("server_port")),
+            "workshop_service_port": pick("workshop_service", previous.get("workshop_service_port")),
         }
 
     def _write_runtime(self, ports):
@@ -201,6 +204,8 @@ class Platform:
             "admin_user": self.settings.admin_user,
             "admin_service_token": self.admin_service_token,
             "spawner": self.settings.spawner,
+            "workshop_service_port": ports["workshop_service_port"],
+            "slurm_conf": str(self.slurm_conf or ""),
             "mlflow": {
                 "service_port": ports["mlflow_service_port"],
                 "server_port": ports["mlflow_server_port"],
@@ -291,14 +296,14 @@ class Platform:
             raise
         return self
 
-    def wait_healthy(self, timeout=180):
+    def wait_healthy(self, timeout=180, only=None):
         deadline = time.monotonic() + timeout
         failing = None
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise PlatformError(f"{name} exited with code {proc.returncode}: {self.log_tail(name)}")
-            failing = self.failing_component()
+            failing = self.failing_component(only)
             if failing is None:
                 return
             time.sleep(0.25)
@@ -312,12 +317,36 @@ class Platform:
             return "(no log)"
         return " | ".join(text[-lines:])
 
-    def restart_hub(self, timeout=120):
-        """Stop only the hub (users' servers and the proxy keep running) and start it again."""
+    def restart_hub(self, timeout=120, only=None):
+        """Stop only the hub (users' servers and the proxy keep running) and start it again;
+        wait until `only` these components (default: all) are healthy."""
         self._stop_proc("hub")
         self._start_hub()
         self._write_platform_file()
-        self.wait_healthy(timeout)
+        self.wait_healthy(timeout, only)
+
+    def reload_hub(self, timeout=180):
+        """Restart the hub so that it reads changed configuration (workshops' roles), from any process.
+
+        The process that started the platform restarts its own hub; another process (an `aif`
+        command) asks the `aif up` launcher with SIGUSR1 and waits for the new hub to be healthy.
+        """
+        if self.procs.get("hub"):
+            return self.restart_hub(timeout, only=("hub", "proxy"))
+        info = self.read_platform_file()
+        launcher, old_hub = info.get("launcher"), (info.get("pids") or {}).get("hub")
+        if not launcher or not pid_alive(launcher):
+            raise PlatformError(f"no `aif up` is running on {self.state}: start the platform first")
+        os.kill(launcher, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hub = (self.read_platform_file().get("pids") or {}).get("hub")
+            # the hub's own answer is what matters here; MLflow (a hub service) follows on its own
+            if hub and hub != old_hub and self.failing_component(only=("hub", "proxy")) is None:
+                return None
+            time.sleep(0.5)
+        raise PlatformError(f"the hub did not come back within {timeout}s after a restart; "
+                            f"see {self.state / 'logs' / 'hub.log'}")
 
     def stop(self, stop_servers=None):
         """Stop every process this platform started; users' servers too unless configured to keep them."""
@@ -402,9 +431,9 @@ class Platform:
                 results[name] = f"unreachable ({type(err).__name__})"
         return results
 
-    def failing_component(self):
+    def failing_component(self, only=None):
         for name, state in self.check_health().items():
-            if state != "ok":
+            if state != "ok" and (only is None or name in only):
                 return name, state
         return None
 
@@ -415,6 +444,8 @@ class Platform:
 
     def _write_platform_file(self):
         info = {"url": self.url, "pids": {n: p.pid for n, p in self.procs.items()}, "started": time.time()}
+        if self.reload_on_signal:
+            info["launcher"] = os.getpid()  # takes SIGUSR1: restart the hub (see reload_hub)
         self._platform_file().write_text(json.dumps(info, indent=1))
 
     def read_platform_file(self):

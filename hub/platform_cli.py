@@ -34,9 +34,12 @@ def _fail(err):
 def up(state_dir, config_file, port, spawner, slurm_conf):
     """Start the platform: proxy, JupyterHub and the MLflow service. Ctrl-C stops it."""
     stop = _catch_stop_signals()
+    reload = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: reload.set())  # `aif workshop` changed hub roles
     try:
         platform = Platform(state_dir, port=port, spawner=spawner, config_file=config_file,
                             slurm_conf=slurm_conf or _mini_cluster_conf(spawner, state_dir))
+        platform.reload_on_signal = True
         click.echo(f"Starting AI Factory Lab in {platform.state} ...")
         platform.start()  # stops what it started if interrupted or failing
     except (ConfigError, PlatformError) as err:
@@ -51,13 +54,23 @@ def up(state_dir, config_file, port, spawner, slurm_conf):
     )
     try:
         while not stop.wait(1):
-            pass
+            if reload.is_set():
+                reload.clear()
+                _restart_hub(platform)
     except _Stopped:
         pass
     click.echo("Stopping ...")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     platform.stop()
+
+
+def _restart_hub(platform):
+    click.echo("Restarting the hub (configuration changed) ...")
+    try:
+        platform.restart_hub(timeout=300)
+    except PlatformError as err:
+        click.echo(f"hub restart failed: {err}", err=True)
 
 
 def _mini_cluster_conf(spawner, state_dir):

@@ -323,12 +323,18 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
     def _user_groups(self):
         return [g.name for g in getattr(self.user, "groups", [])]
 
-    def _workshop_materials_url(self):
+    def _prepare_workshop_materials(self):
+        """Pull a workshop's course into the home as the job starts, and open the server there."""
+        if not hasattr(self, "_configured_prologue"):
+            self._configured_prologue, self._configured_default_url = self.req_prologue, self.default_url
+        self.req_prologue, self.default_url = self._configured_prologue, self._configured_default_url
         groups = self._user_groups()
         for ws in self._workshops():
             if ws.group in groups and ws.materials:
-                return ws.materials_url()
-        return ""
+                self.req_prologue = "\n".join(filter(None, [self._configured_prologue,
+                                                             ws.materials_pull(str(VENV_BIN / "gitpuller"))]))
+                self.default_url = f"/lab/tree/{ws.materials_dir}"
+                return
 
     def _render_form(self):
         return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice,
@@ -434,9 +440,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self._port_reported = asyncio.Event()
         self.node = ""
         self.end_notice = ""  # shown on the form after the previous session; now outdated
-        materials = self._workshop_materials_url()
-        if materials:
-            self.default_url = materials  # the server opens there: nbgitpuller merges, never overwrites
+        self._prepare_workshop_materials()
         await self._check_python_reachable()
         job_id = await self.submit_batch_script()
         # only a squeue call started after sbatch returned is sure to list the job

@@ -13,6 +13,7 @@ half-way removes what was made. Ending is idempotent: each step skips what is al
 from __future__ import annotations
 
 import csv
+import html
 import datetime as dt
 import io
 import json
@@ -20,20 +21,21 @@ import math
 import os
 import pwd
 import re
+import shlex
 import subprocess
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 from .auth import UsersFile
 from .unix_accounts import ensure_unix_user, remove_unix_user
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,19}$")
+BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
-ENDED_JOB_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                    "PREEMPTED"}
+FAILED_JOB_STATES = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+STOPPED_JOB_STATES = {"COMPLETED", "CANCELLED"}  # stopped by the participant, trainer or culler
 # what a participant's archive leaves out: caches and the platform's own job logs
 ARCHIVE_SKIP = re.compile(r"^(\.cache|\.local/share/jupyter/runtime|\.ipython/profile_default/history\.sqlite"
                           r"|\.aif-slurm-\d+\.log)(/|$)")
@@ -127,15 +129,18 @@ class Workshop:
                        "access:services!service=workshops"],
         }
 
-    def materials_url(self):
-        """The session's default URL: nbgitpuller merges the course repository into the home."""
+    @property
+    def materials_dir(self):
+        """Folder of the course repository in each participant's home."""
+        return Path(self.materials.rstrip("/")).name.removesuffix(".git") or "materials"
+
+    def materials_pull(self, gitpuller):
+        """Shell line for the session's job: nbgitpuller merges the course into the home on each
+        start (new files arrive, the participant's edits win), and a failed pull never stops it."""
         if not self.materials:
             return ""
-        target = Path(self.materials.rstrip("/")).name.removesuffix(".git") or "materials"
-        query = {"repo": self.materials, "targetpath": target, "urlpath": f"lab/tree/{target}"}
-        if self.branch:
-            query["branch"] = self.branch
-        return "/git-pull?" + urlencode(query, quote_via=quote)
+        args = " ".join(shlex.quote(a) for a in (gitpuller, self.materials, self.branch, self.materials_dir))
+        return f"{args} || echo 'aif: course materials could not be pulled; the session starts anyway' >&2"
 
     def is_current(self, now=None):
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -179,6 +184,16 @@ class WorkshopBook:
         return [w for w in self.active() if w.group in groups]
 
 
+def announcement_for(book, user):
+    """The hub banner for a participant or trainer of a current workshop (HTML-escaped)."""
+    if user is None:
+        return ""
+    groups = {g.name for g in getattr(user, "groups", [])}
+    lines = [ws.announcement for ws in book.active()
+             if ws.is_current() and (ws.group in groups or ws.trainer == user.name)]
+    return "<br>".join(html.escape(line) for line in lines)
+
+
 # --- parsing what the trainer types ---------------------------------------------------------------
 
 def parse_start(text, now=None):
@@ -213,9 +228,9 @@ def parse_duration(text):
 
 # --- Slurm ------------------------------------------------------------------------------------------
 
-def _slurm(args, check=True, timeout=30):
+def _slurm(args, check=True, timeout=30, env=None):
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise WorkshopError(f"{args[0]} not found: workshops need the Slurm client commands") from None
     except subprocess.TimeoutExpired:
@@ -233,12 +248,6 @@ def _records(text):
         if pairs:
             out.append(dict(pairs))
     return out
-
-
-def _hostnames(nodelist):
-    if not nodelist or nodelist == "(null)":
-        return []
-    return _slurm(["scontrol", "show", "hostnames", nodelist]).stdout.split()
 
 
 def _slurm_time(text):
@@ -267,13 +276,24 @@ class SlurmReservations:
     small site or the mini-cluster may lack; whole nodes are also what keeps a class off a queue.
     """
 
+    def __init__(self, slurm_conf=""):
+        self.env = {**os.environ, "SLURM_CONF": slurm_conf} if slurm_conf else None
+
+    def _run(self, args, check=True):
+        return _slurm(args, check=check, env=self.env)
+
+    def _hostnames(self, nodelist):
+        if not nodelist or nodelist == "(null)":
+            return []
+        return self._run(["scontrol", "show", "hostnames", nodelist]).stdout.split()
+
     def partition_nodes(self, partition):
-        records = _records(_slurm(["scontrol", "show", "partition", partition, "-o"], check=False).stdout)
+        records = _records(self._run(["scontrol", "show", "partition", partition, "-o"], check=False).stdout)
         if not records:
             raise WorkshopError(f"--partition: Slurm has no partition {partition!r}")
-        nodes = set(_hostnames(records[0].get("Nodes", "")))
+        nodes = set(self._hostnames(records[0].get("Nodes", "")))
         shapes = []
-        for rec in _records(_slurm(["scontrol", "show", "node", "-o"]).stdout):
+        for rec in _records(self._run(["scontrol", "show", "node", "-o"]).stdout):
             if rec.get("NodeName") not in nodes or re.search(r"DOWN|DRAIN|FAIL", rec.get("State", "")):
                 continue
             gpus = {m.group(1): int(m.group(2)) for m in re.finditer(r"gpu:([\w.-]+):(\d+)", rec.get("Gres", ""))}
@@ -283,14 +303,14 @@ class SlurmReservations:
 
     def overlapping(self, start, end):
         """(name, start, end, nodes) of reservations that share part of the window."""
-        text = _slurm(["scontrol", "show", "reservation", "-o"], check=False).stdout
+        text = self._run(["scontrol", "show", "reservation", "-o"], check=False).stdout
         found = []
         for rec in _records(text):
             if "ReservationName" not in rec:
                 continue
             r_start, r_end = _slurm_time(rec["StartTime"]), _slurm_time(rec["EndTime"])
             if r_start < end and start < r_end:
-                found.append((rec["ReservationName"], r_start, r_end, set(_hostnames(rec.get("Nodes")))))
+                found.append((rec["ReservationName"], r_start, r_end, set(self._hostnames(rec.get("Nodes")))))
         return found
 
     def plan(self, ws):
@@ -321,21 +341,21 @@ class SlurmReservations:
 
     def create(self, ws):
         start = ws.start_time.astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # slurmctld's local time
-        _slurm(["scontrol", "create", "reservation", f"ReservationName={ws.reservation}",
+        self._run(["scontrol", "create", "reservation", f"ReservationName={ws.reservation}",
                 f"StartTime={start}", f"Duration={ws.duration_minutes}", f"PartitionName={ws.partition}",
                 f"NodeCnt={ws.nodes}", f"Users={','.join(ws.seat_names)}"])
 
     def delete(self, ws):
         if self.exists(ws):
-            _slurm(["scontrol", "delete", f"ReservationName={ws.reservation}"])
+            self._run(["scontrol", "delete", f"ReservationName={ws.reservation}"])
 
     def exists(self, ws):
-        proc = _slurm(["scontrol", "show", "reservation", ws.reservation, "-o"], check=False)
+        proc = self._run(["scontrol", "show", "reservation", ws.reservation, "-o"], check=False)
         return proc.returncode == 0 and f"ReservationName={ws.reservation}" in proc.stdout
 
     def jobs(self, ws):
         """(job id, user, state, reason) of the reservation's jobs, recent ended ones included."""
-        proc = _slurm(["squeue", "--reservation", ws.reservation, "--states", "all", "-h",
+        proc = self._run(["squeue", "--reservation", ws.reservation, "--states", "all", "-h",
                        "-o", "%i|%u|%T|%r"], check=False)
         if proc.returncode != 0:
             return []
@@ -345,7 +365,7 @@ class SlurmReservations:
         live = [job for job, _, state, _ in self.jobs(ws) if state in ("PENDING", "RUNNING", "CONFIGURING",
                                                                         "COMPLETING", "SUSPENDED")]
         if live:
-            _slurm(["scancel", *live], check=False)
+            self._run(["scancel", *live], check=False)
         return live
 
 
@@ -356,7 +376,7 @@ class WorkshopManager:
 
     def __init__(self, platform, slurm=None, unix_accounts=True):
         self.platform = platform
-        self.slurm = slurm or SlurmReservations()
+        self.slurm = slurm or SlurmReservations(getattr(platform, "runtime", {}).get("slurm_conf", ""))
         self.unix_accounts = unix_accounts
         self.book = WorkshopBook(platform.state / "workshops")
         self.users = UsersFile(platform.state / "users.json")
@@ -374,6 +394,9 @@ class WorkshopManager:
             undo.append(lambda: self._forget(ws))
             seats_csv = self._make_seats(ws, undo)
             self._make_hub_group(ws, undo)
+            if self.platform.api("GET", f"/users/{ws.trainer}").status_code == 404:
+                # the role names the trainer: make sure the hub knows them before it loads roles
+                _ok(self.platform.api("POST", f"/users/{ws.trainer}"), "add the trainer to the hub", (201, 409))
             self.slurm.create(ws)
             undo.append(lambda: self.slurm.delete(ws))
             ws.state = "active"
@@ -389,6 +412,8 @@ class WorkshopManager:
 
     def _checked_request(self, name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat,
                          memory_gb_per_seat, gpu_type, partition, materials, branch, announcement):
+        if branch and not BRANCH_RE.match(branch):
+            raise WorkshopError(f"--branch: {branch!r} is not a branch name")
         if not NAME_RE.match(name or ""):
             raise WorkshopError(f"name {name!r}: use 2-20 lower-case letters, digits and '-', starting with a letter")
         existing = self.book.load(name)
@@ -417,7 +442,7 @@ class WorkshopManager:
             raise WorkshopError(f"seat account name(s) {', '.join(taken[:3])} already exist; pick another name")
         ws.nodes = self.slurm.plan(ws)
         if materials:
-            check_materials(materials, branch)
+            ws.branch = check_materials(materials, branch)
         return ws
 
     def _check_trainer(self, trainer):
@@ -485,8 +510,10 @@ class WorkshopManager:
             row.update(state="queued" if queued else "starting", detail=f"Slurm: {job[3]}" if queued else "")
         elif server.get("pending") == "stop":
             row["state"] = "stopping"
-        elif job and job[1] in ENDED_JOB_STATES:
+        elif job and job[1] in FAILED_JOB_STATES:
             row.update(state="failed", detail=f"last job {job[0]} {job[1]}")
+        elif job and job[1] in STOPPED_JOB_STATES:
+            row["state"] = "stopped"
         elif not model.get("last_activity"):
             row["state"] = "not logged in"
         return row
@@ -569,9 +596,9 @@ class WorkshopManager:
 # --- helpers -------------------------------------------------------------------------------------------
 
 def check_materials(url, branch=""):
-    """Refuse a materials repository git cannot reach (or a branch it does not have)."""
+    """The branch to pull (the repository's default when not given); refuse what git cannot reach."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
-    args = ["git", "ls-remote", "--exit-code", url] + ([f"refs/heads/{branch}"] if branch else ["HEAD"])
+    args = ["git", "ls-remote", "--exit-code", "--symref", url, f"refs/heads/{branch}" if branch else "HEAD"]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env)
     except subprocess.TimeoutExpired:
@@ -580,6 +607,12 @@ def check_materials(url, branch=""):
         what = f"has no branch {branch!r}" if proc.returncode == 2 and branch else "is not reachable"
         detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"git exit {proc.returncode}"
         raise WorkshopError(f"--materials: {url} {what} ({detail})")
+    if branch:
+        return branch
+    head = re.search(r"^ref: refs/heads/(\S+)\s+HEAD$", proc.stdout, re.M)
+    if not head:
+        raise WorkshopError(f"--materials: {url} has no default branch; pass --branch")
+    return head.group(1)
 
 
 def archive_home(login, archive_root):

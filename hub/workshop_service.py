@@ -1,0 +1,138 @@
+"""The trainer page: a hub-managed service at /services/workshops/.
+
+A trainer (or a hub admin) logs in through the hub and sees, for each of their workshops, who is
+running, idle, queued in Slurm or failed, with one click into a participant's server (the
+trainer's role grants `access:servers` on the workshop group). The status comes from the same
+code as `aif workshop status` (workshops.py), with this service's own read-only hub token.
+"""
+
+import asyncio
+import os
+from pathlib import Path
+
+import requests
+from jinja2 import Environment, select_autoescape
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.ioloop import IOLoop
+
+from .workshops import WorkshopError, WorkshopManager
+
+PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="15">
+<title>{{ title }}</title>
+<style>
+ body { font-family: sans-serif; margin: 2em; } table { border-collapse: collapse; }
+ td, th { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }
+ .running { color: #1a7f37; } .idle { color: #9a6700; } .queued, .starting { color: #0969da; }
+ .failed { color: #cf222e; font-weight: bold; }
+</style></head><body>
+<p><a href="{{ hub }}/hub/home">Hub home</a></p>
+{% if rows is none %}
+<h1>Your workshops</h1>
+<ul>{% for ws in workshops %}<li><a href="{{ prefix }}{{ ws.name }}">{{ ws.name }}</a> ({{ ws.state }},
+ {{ ws.seats }} seats, {{ ws.start[:16] }} - {{ ws.end[11:16] }} UTC)</li>{% else %}<li>none</li>{% endfor %}</ul>
+{% else %}
+<h1>Workshop {{ ws.name }}</h1>
+<p>{{ ws.state }}, {{ ws.seats }} seats, {{ ws.start[:16] }} - {{ ws.end[11:16] }} UTC, reservation
+ {{ ws.reservation }}. {% for state, n in counts %}{{ n }} {{ state }}{% if not loop.last %}, {% endif %}{% endfor %}</p>
+<table id="participants"><tr><th>participant</th><th>state</th><th>detail</th><th></th></tr>
+{% for row in rows %}<tr data-login="{{ row.login }}"><td>{{ row.login }}</td>
+ <td class="{{ row.state.split()[0] }}">{{ row.state }}</td><td>{{ row.detail }}</td>
+ <td>{% if row.url %}<a href="{{ hub }}{{ row.url }}lab" target="_blank">open</a>{% endif %}</td></tr>
+{% endfor %}</table>
+{% endif %}
+</body></html>""")
+
+
+class HubAPI:
+    """What WorkshopManager needs of a platform, from inside a hub service."""
+
+    def __init__(self, state_dir):
+        self.state = Path(state_dir)
+        self.url = ""
+        self._base = os.environ["JUPYTERHUB_API_URL"].rstrip("/")
+        self._headers = {"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"}
+
+    def api(self, method, path, **kwargs):
+        return requests.request(method, self._base + path, headers=self._headers, timeout=30, **kwargs)
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    @property
+    def manager(self) -> WorkshopManager:
+        return self.settings["manager"]
+
+    def visible(self, ws, user):
+        return user.get("admin") or ws.trainer == user["name"]
+
+    def workshop_for(self, name, user):
+        ws = self.manager.book.load(name)
+        if ws is None or not self.visible(ws, user):
+            raise web.HTTPError(404, f"no workshop {name!r} that you train")
+        return ws
+
+    async def status(self, name, user):
+        self.workshop_for(name, user)
+        try:
+            return await IOLoop.current().run_in_executor(None, self.manager.status, name)
+        except WorkshopError as err:
+            raise web.HTTPError(404, str(err)) from err
+
+
+class ListHandler(BaseHandler):
+    @web.authenticated
+    def get(self):
+        user = self.current_user
+        mine = [ws for ws in self.manager.book.all() if self.visible(ws, user)]
+        self.finish(PAGE.render(title="Workshops", workshops=mine, rows=None, prefix=self.settings["prefix"],
+                                hub=""))
+
+
+class WorkshopPageHandler(BaseHandler):
+    @web.authenticated
+    async def get(self, name):
+        ws, rows = await self.status(name, self.current_user)
+        counts = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        self.finish(PAGE.render(title=f"Workshop {ws.name}", ws=ws, rows=rows, counts=sorted(counts.items()),
+                                prefix=self.settings["prefix"], hub=""))
+
+
+class WorkshopAPIHandler(BaseHandler):
+    @web.authenticated
+    async def get(self, name):
+        ws, rows = await self.status(name, self.current_user)
+        self.finish({"workshop": ws.name, "state": ws.state, "participants": rows})
+
+
+def make_app(prefix, manager):
+    prefix = prefix.rstrip("/") + "/"
+    return web.Application(
+        [
+            (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            (prefix, ListHandler),
+            (prefix + r"api/([a-z][a-z0-9-]*)", WorkshopAPIHandler),
+            (prefix + r"([a-z][a-z0-9-]*)/?", WorkshopPageHandler),
+        ],
+        manager=manager,
+        prefix=prefix,
+        cookie_secret=os.urandom(32),
+        login_url=url_path_join(prefix, "oauth_callback"),
+    )
+
+
+async def serve():
+    from urllib.parse import urlparse
+
+    manager = WorkshopManager(HubAPI(os.environ["AIF_STATE_DIR"]), unix_accounts=False)
+    app = make_app(os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/workshops/"), manager)
+    bind = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    app.listen(bind.port, bind.hostname)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())
