@@ -552,7 +552,9 @@ def start_mlflow_server(args, port, secret):
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
         "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _persistent_secret(state / "flask_secret_key"),
-        "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": env.get("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool"),
+        # no NullPool: it reopened SQLite for every request, and each last close checkpointed the
+        # WAL into the database (twice the wall time of a log-batch); MLflow's default pool keeps
+        # connections (an operator's MLFLOW_SQLALCHEMYSTORE_POOLCLASS still applies)
         "MLFLOW_DISABLE_TELEMETRY": "true",
         # a log-batch in one INSERT (mlflow_store.py): sessions send their points 1,000 at a time
         BULK_INGEST_ENV: env.get(BULK_INGEST_ENV, "1"),
