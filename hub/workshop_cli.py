@@ -56,7 +56,7 @@ def workshop():
 @state_dir_option
 def create(name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat, memory_gb_per_seat, gpu_type,
            partition, materials, branch, announcement, csv_path, state_dir):
-    """Create workshop NAME; prints the seats as CSV (login, one-time password, expiry, URL)."""
+    """Create workshop NAME; prints the seats as CSV (login, generated password, expiry, URL)."""
     manager = _manager(state_dir)
     ws, seats_csv = _run(lambda: manager.create(
         name, seats, trainer, start=start, duration=duration, gpus_per_seat=gpus_per_seat,
