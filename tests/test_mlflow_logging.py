@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import requests
-
 from platform_fixtures import login, open_lab, run_in_kernel
 
 
 def api(platform, token, method, endpoint, **kwargs):
     url = f"{platform.mlflow_url}/api/2.0/mlflow/{endpoint}"
     return requests.request(method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs)
+
 
 NAIVE_LOOP = r"""
 import mlflow
@@ -116,7 +116,7 @@ def test_params_tags_and_metrics_arrive_whole(mlflow_server, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
            "AIF_MLFLOW_BUFFERED_LOGGING": "1", "MLFLOW_EXPERIMENT_NAME": "buffered-logging"}
     result = subprocess.run([sys.executable, "-c", PARAMS_AND_TAGS], env=env, capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+                            timeout=300, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["store"] == "BufferedRestStore"
@@ -143,7 +143,7 @@ mlflow.flush_async_logging()
 """
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "AIF_MLFLOW_BUFFERED_LOGGING": "1",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "raised MLflow run 0123456789abcdef0123456789abcdef: 1 metric points could not be stored" in result.stdout
@@ -153,10 +153,9 @@ mlflow.flush_async_logging()
 
 def test_bulk_store_stores_what_mlflows_store_stores(tmp_path):
     """Same batches into MLflow's store and the bulk store: same history, same latest values."""
+    from aifactory.hub.mlflow_bulk_store import BulkIngestStore
     from mlflow.entities import Metric
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    from aifactory.hub.mlflow_bulk_store import BulkIngestStore
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     stock = SqlAlchemyStore(uri, str(tmp_path / "artifacts"))
@@ -184,9 +183,16 @@ def test_bulk_store_stores_what_mlflows_store_stores(tmp_path):
             for key in ("loss", "acc", "late")
         }
         latest = {k: repr(v) for k, v in store.get_run(run_id).data.metrics.items()}
-        results.append((histories, latest))
+        pages, token = [], None
+        while True:  # paginated, as the REST API pages
+            page = store.get_metric_history(run_id, "loss", max_results=400, page_token=token)
+            pages.append([(h.step, h.timestamp, h.value) for h in page])
+            if not (token := page.token):
+                break
+        results.append((histories, latest, pages))
     assert results[0] == results[1]
     assert len(results[1][0]["loss"]) == 1501
+    assert [len(page) for page in results[1][2]] == [400, 400, 400, 301]
 
 
 def test_service_still_refuses_forged_attribution_in_large_batches(platform):
