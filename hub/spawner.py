@@ -9,7 +9,10 @@ Built on `batchspawner.SlurmSpawner`, with what a shared supercomputer needs on 
 * one shared squeue poller per hub (hub/slurm_poller.py) instead of one squeue per user per poll;
   a failing squeue is "unknown" and never ends a server;
 * readable progress (queue position, pending reason, expected start, node) and, when a job dies
-  while starting, Slurm's state and reason plus the tail of the job's output file.
+  while starting, Slurm's state and reason plus the tail of the job's output file;
+* sessions are never requeued: after a node failure Slurm would otherwise put the job back in
+  the queue, the hub would keep showing a server that no longer exists, and the restarted one
+  would report a port the hub no longer routes to. The job ends (NODE_FAIL) and the user is told.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ BATCH_SCRIPT = """#!/bin/bash
 #SBATCH --time={{runtime}}
 #SBATCH --cpus-per-task={{nprocs}}
 #SBATCH --mem={{memory}}
+#SBATCH --no-requeue
 {% if gres %}#SBATCH --gres={{gres}}
 {% endif %}{% if account %}#SBATCH --account={{account}}
 {% endif %}{% if qos %}#SBATCH --qos={{qos}}
