@@ -554,7 +554,10 @@ def start_mlflow_server(args, port, secret):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _persistent_secret(state / "flask_secret_key"),
         # no NullPool: it reopened SQLite for every request, and each last close checkpointed the
         # WAL into the database (twice the wall time of a log-batch); MLflow's default pool keeps
-        # connections (an operator's MLFLOW_SQLALCHEMYSTORE_POOLCLASS still applies)
+        # connections (an operator's MLFLOW_SQLALCHEMYSTORE_POOLCLASS still applies). Its overflow
+        # must cover a worker's request threads (40): with MLflow's 10, 40 users logging at once
+        # waited 30 s for a connection and got "QueuePool limit ... reached" (make faults)
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": env.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "40"),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         # a log-batch in one INSERT (mlflow_store.py): sessions send their points 1,000 at a time
         BULK_INGEST_ENV: env.get(BULK_INGEST_ENV, "1"),
