@@ -257,6 +257,9 @@ def write_marker(results_dir, reporter: MLflowReporter | None):
               "run_id": reporter.parent_id if reporter and reporter.active else None,
               "uploaded": bool(reporter and reporter.active),
               "reason": (reporter.error if reporter else "MLflow disabled in the config")}
+    if reporter and not reporter.active and reporter.parent_id:
+        # MLflow went away mid-run: this half-logged run could not be ended then; `upload` ends it
+        marker["partial_run_id"] = reporter.parent_id
     (Path(results_dir) / MARKER).write_text(json.dumps(marker, indent=2))
     return marker
 
@@ -298,8 +301,23 @@ def upload(results_dir, tracking_uri=None, experiment=None, force=False):
         shutil.rmtree(scratch, ignore_errors=True)
     if reporter.error:
         raise MLflowUnavailable(f"{results_dir}: upload failed: {reporter.error}")
+    _end_partial_run(reporter, marker.get("partial_run_id"))
     write_marker(results_dir, reporter)
     return reporter.parent_id
+
+
+def _end_partial_run(reporter, run_id):
+    """Mark the run MLflow lost mid-benchmark FAILED (with its children), pointing at the full upload."""
+    if not run_id:
+        return
+    try:
+        runs = reporter.client.search_runs([reporter.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+        for run in [*runs, reporter.client.get_run(run_id)]:
+            if run.info.status == "RUNNING":
+                reporter._terminate(run.info.run_id, "FAILED",
+                                    f"MLflow was unreachable mid-run; the complete result is run {reporter.parent_id}")
+    except Exception as err:  # noqa: BLE001 - the upload itself succeeded; say what is left
+        warnings.warn(f"could not end the partial run {run_id}: {err}", stacklevel=2)
 
 
 def _parent_params(result):
