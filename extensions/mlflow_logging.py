@@ -171,11 +171,12 @@ class Shipper:
 
     def _run(self):
         while True:
-            self._wake.wait(self._seconds)
+            full = self._wake.wait(self._seconds)
             self._wake.clear()
             if self.pending:
                 try:
-                    self._send(warn_now=True)
+                    # woken by a full batch: send whole batches only, the rest joins the next one
+                    self._send(warn_now=True, whole_batches=full)
                 except Exception:  # never let the thread die: flushes would still work, the timer not
                     log.exception("MLflow: the background sender failed")
 
@@ -197,10 +198,13 @@ class Shipper:
         return (f"{what} could not be stored ({self._errors.get(run_id)}); they are kept in this "
                 "process and sent again at the next mlflow.flush_async_logging()")
 
-    def _send(self, retry=False, warn_now=False):
+    def _send(self, retry=False, warn_now=False, whole_batches=False):
         with self._send_lock:
-            self._queued = 0
-            entries = [self.pending.popleft() for _ in range(len(self.pending))]
+            count = len(self.pending)
+            if whole_batches:
+                count -= count % MAX_METRICS
+            self._queued = len(self.pending) - count
+            entries = [self.pending.popleft() for _ in range(count)]
             if retry:
                 entries, self._failed = self._failed + entries, []
             for (store, run_id), (metrics, params, tags) in _by_run(entries).items():
