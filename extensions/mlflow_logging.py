@@ -78,8 +78,7 @@ class BufferedRestStore(RestStore):
     # --- everything else sees what was logged before it ---
 
     def _call_endpoint(self, *args, **kwargs):
-        if self._shipper.pending:
-            self._shipper.flush()
+        self._shipper.flush()
         return super()._call_endpoint(*args, **kwargs)
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
@@ -181,9 +180,9 @@ class Shipper:
                     log.exception("MLflow: the background sender failed")
 
     def flush(self, retry=False, warn=False):
-        """Send everything buffered (and, with `retry`, what was refused before) before returning."""
-        if self.pending or (retry and self._failed):
-            self._send(retry=retry)
+        """Send everything buffered (and, with `retry`, what was refused before) before returning;
+        a send already in flight finishes first (the lock), so nothing logged earlier is missed."""
+        self._send(retry=retry)
         if warn and self._failed:
             for run_id in dict.fromkeys(entry[1] for entry in self._failed):
                 log.warning("MLflow run %s: %s", run_id, self.unsent(run_id))
@@ -199,16 +198,25 @@ class Shipper:
                 "process and sent again at the next mlflow.flush_async_logging()")
 
     def _send(self, retry=False, warn_now=False, whole_batches=False):
-        with self._send_lock:
-            count = len(self.pending)
-            if whole_batches:
-                count -= count % MAX_METRICS
-            self._queued = len(self.pending) - count
-            entries = [self.pending.popleft() for _ in range(count)]
+        with self._send_lock:  # one send at a time
+            entries = self._take(whole_batches)
             if retry:
                 entries, self._failed = self._failed + entries, []
             for (store, run_id), (metrics, params, tags) in _by_run(entries).items():
                 self._send_run(store, run_id, metrics, params, tags, warn_now)
+
+    def _take(self, whole_batches):
+        """Pending entries to send now; with `whole_batches`, only enough to fill whole requests."""
+        if not whole_batches:
+            self._queued = 0
+            return [self.pending.popleft() for _ in range(len(self.pending))]
+        target = self._queued - self._queued % MAX_METRICS
+        entries, items = [], 0
+        while items < target and self.pending:
+            entries.append(self.pending.popleft())
+            items += sum(len(part) for part in entries[-1][2:])
+        self._queued -= items
+        return entries
 
     def _send_run(self, store, run_id, metrics, params, tags, warn_now):
         # params and tags in requests of their own: a refused tag must not take points with it

@@ -86,7 +86,7 @@ def test_refused_data_is_reported_and_the_run_ends_failed(platform):
 
 
 PARAMS_AND_TAGS = r"""
-import json, mlflow
+import json, mlflow, requests
 from mlflow import MlflowClient
 with mlflow.start_run() as run:
     for i in range(150):
@@ -96,6 +96,10 @@ with mlflow.start_run() as run:
     mlflow.set_tag("phase", "train")  # a tag set twice keeps its last value
     for step in range(2500):
         mlflow.log_metrics({"a": float(step), "b": -float(step)}, step=step)
+    mlflow.flush_async_logging()
+    # read past the client: a flush returns only once a send in flight is done too
+    flushed = requests.get(f"{mlflow.get_tracking_uri()}/api/2.0/mlflow/metrics/get-history",
+                           params={"run_id": run.info.run_id, "metric_key": "a"}, timeout=60).json()
     mlflow.log_metric("odd", float("nan"), step=0)
     mlflow.log_metric("odd", float("inf"), step=1)
     operations = mlflow.log_metric("odd", 1.5, step=2)
@@ -105,6 +109,7 @@ data = client.get_run(run.info.run_id).data
 print(json.dumps({
     "store": type(client._tracking_client.store).__name__,
     "params": len(data.params), "phase": data.tags["phase"], "status": client.get_run(run.info.run_id).info.status,
+    "flushed": len(flushed["metrics"]),
     "a": len(client.get_metric_history(run.info.run_id, "a")),
     "b": len(client.get_metric_history(run.info.run_id, "b")),
     "odd": [repr(m.value) for m in sorted(client.get_metric_history(run.info.run_id, "odd"), key=lambda m: m.step)],
@@ -121,9 +126,36 @@ def test_params_tags_and_metrics_arrive_whole(mlflow_server, tmp_path):
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["store"] == "BufferedRestStore"
     assert got["params"] == 150 and got["phase"] == "train" and got["status"] == "FINISHED"
-    assert got["a"] == got["b"] == 2500
+    assert got["flushed"] == got["a"] == got["b"] == 2500
     # SQL cannot store infinity: MLflow keeps the largest double, as it does without buffering
     assert got["odd"] == ["nan", repr(1.7976931348623157e308), "1.5"]
+
+
+FLUSH_RACE = r"""
+import mlflow, requests, time
+url = f"{mlflow.get_tracking_uri()}/api/2.0/mlflow/metrics/get-history"
+missed = 0
+with mlflow.start_run() as run:
+    for i in range(100):
+        mlflow.log_metric("r", float(i), step=i)
+        time.sleep(0.045)  # the 50 ms timer takes the point: the flush lands while it is being sent
+        mlflow.flush_async_logging()
+        got = requests.get(url, params={"run_id": run.info.run_id, "metric_key": "r"}, timeout=60).json()
+        missed += len(got.get("metrics", [])) != i + 1
+print("missed", missed)
+"""
+
+
+def test_flush_waits_for_a_send_in_flight(mlflow_server, tmp_path):
+    """After flush_async_logging() every point is on the server, even one the background thread
+    had already taken (read past the client, so the client's own flush-before-read cannot help)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
+           "AIF_MLFLOW_BUFFERED_LOGGING": "1", "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "0.05",
+           "MLFLOW_EXPERIMENT_NAME": "flush-race"}
+    result = subprocess.run([sys.executable, "-c", FLUSH_RACE], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "missed 0" in result.stdout
 
 
 def test_unreachable_server_is_reported_and_nothing_is_dropped(tmp_path):
