@@ -48,7 +48,6 @@ BATCH_SCRIPT = """#!/bin/bash
 #SBATCH --time={{runtime}}
 #SBATCH --cpus-per-task={{nprocs}}
 #SBATCH --mem={{memory}}
-#SBATCH --no-requeue
 {% if gres %}#SBATCH --gres={{gres}}
 {% endif %}{% if account %}#SBATCH --account={{account}}
 {% endif %}{% if qos %}#SBATCH --qos={{qos}}
@@ -247,6 +246,12 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
     def _wake_start_on_port(self, change):
         if change["new"] and getattr(self, "_port_reported", None) is not None:
             self._port_reported.set()
+
+    @default("batch_submit_cmd")
+    def _batch_submit_cmd_default(self):
+        # never requeued (see the module docstring); on the command line, so that a site's own
+        # batch_script template cannot lose it
+        return "sbatch --parsable --no-requeue"
 
     @default("exec_prefix")
     def _exec_prefix_default(self):
