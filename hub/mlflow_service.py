@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -469,8 +469,15 @@ async def _check_log_batch(handler, name, payload):
     _refuse_user_tag(name, payload.get("tags"), "runs/log-batch")
 
 
-async def _check_experiment_name(handler, name, payload):
-    """`other/...` names are reserved to the hub user `other` (default experiments are `<user>/default`)."""
+async def _check_new_experiment(handler, name, payload):
+    """`other/...` names are reserved to the hub user `other` (default experiments are `<user>/default`);
+    artifacts stay in the platform's store (a client would write to any path it is given)."""
+    location = payload.get("artifact_location") or ""
+    inside = location.startswith(PLATFORM_ARTIFACTS) and ".." not in unquote(location).split("/")
+    if location and not inside:
+        raise MLflowError(400, "INVALID_PARAMETER_VALUE",
+                          f"experiments/create: artifact_location {location!r} is refused; leave it empty "
+                          f"(artifacts go to the platform's store, {PLATFORM_ARTIFACTS})")
     owner, sep, _ = (payload.get("name") or "").partition("/")
     if not sep or owner == name:
         return
@@ -480,11 +487,13 @@ async def _check_experiment_name(handler, name, payload):
                           f"experiments/create: names starting with '{owner}/' belong to hub user {owner}")
 
 
+PLATFORM_ARTIFACTS = "mlflow-artifacts:/"
+
 REWRITES = {
     "/mlflow/runs/create": _attribute_new_run,
     "/mlflow/runs/set-tag": _check_set_tag,
     "/mlflow/runs/log-batch": _check_log_batch,
-    "/mlflow/experiments/create": _check_experiment_name,
+    "/mlflow/experiments/create": _check_new_experiment,
 }
 
 
