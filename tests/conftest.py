@@ -3,6 +3,9 @@
 import os
 import shutil
 import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +33,29 @@ def require_root():
 
 def require_binary(name, package):
     require(shutil.which(name) is not None, f"{name} not found: install Debian's {package} (make sysdeps)")
+
+
+@contextmanager
+def mini_cluster(prefix, users=(), spec=None):
+    """The Slurm mini-cluster in a fresh folder, with these real Unix users; all removed after."""
+    from aifactory.hub.cluster import MiniCluster
+
+    require_root()
+    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
+        require_binary(binary, package)
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    state.chmod(0o755)  # users' jobs write their output below it
+    mini = MiniCluster(state, spec)
+    try:
+        mini.up()
+        for user in users:
+            mini.add_user(user)
+        yield mini
+    finally:
+        mini.down()
+        for user in users:
+            MiniCluster.remove_user(user)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture

@@ -88,6 +88,18 @@ def open_lab(session, url, username, timeout=180):
     raise AssertionError(f"JupyterLab of {username} not ready after {timeout}s")
 
 
+def start_server(platform, user, timeout=180):
+    """Start USER's server through the hub API (admin token); returns its public URL once ready."""
+    platform.api("POST", f"/users/{user}/server").raise_for_status()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = platform.api("GET", f"/users/{user}").json()
+        if model["server"] and not model["pending"]:
+            return f"{platform.url}{model['server'].rstrip('/')}"
+        time.sleep(0.5)
+    raise AssertionError(f"server of {user} not ready after {timeout}s")
+
+
 # --- running code inside a user's server (a real kernel, over the Jupyter websocket API) ----
 
 def run_in_kernel(server_url, token, code, timeout=120):

@@ -15,7 +15,6 @@ One platform (the session's) and one server for A serve the whole module.
 """
 
 import http.client
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,22 +22,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from platform_fixtures import login, unique_user
+from platform_fixtures import login, start_server, unique_user
 
 SECRET = f"victim-secret-{uuid.uuid4().hex}"
 MARKER = f"aif-traversal-{uuid.uuid4().hex[:12]}"  # the name every traversal upload tries to write
 REFUSED = (400, 401, 403, 404)
 
 
-def start_server(platform, user, timeout=180):
-    platform.api("POST", f"/users/{user}/server").raise_for_status()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = platform.api("GET", f"/users/{user}").json()
-        if model["server"] and not model["pending"]:
-            return f"{platform.url}{model['server'].rstrip('/')}"
-        time.sleep(0.5)
-    raise AssertionError(f"server of {user} not ready after {timeout}s")
 
 
 def raw(method, url, headers=None, body=None):

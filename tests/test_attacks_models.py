@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from platform_fixtures import _execute, unique_user
+from platform_fixtures import _execute, start_server, unique_user
 from tornado.ioloop import IOLoop
 
 SEED = 20261121
@@ -277,15 +277,6 @@ print("named", named)
 """
 
 
-def start_server(platform, user, timeout=180):
-    platform.api("POST", f"/users/{user}/server").raise_for_status()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = platform.api("GET", f"/users/{user}").json()
-        if model["server"] and not model["pending"]:
-            return f"{platform.url}{model['server'].rstrip('/')}"
-        time.sleep(0.5)
-    raise AssertionError(f"server of {user} not ready after {timeout}s")
 
 
 def test_corrupt_models_in_a_kernel_leave_the_kernel_and_the_hub_alive(platform):

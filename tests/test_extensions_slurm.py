@@ -4,16 +4,12 @@ Its own small cluster and hub (module scope); the integrator may fold this test 
 tests/test_spawner_slurm.py to share that module's cluster.
 """
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from conftest import require_binary, require_root
+from conftest import mini_cluster
 
-from aifactory.hub.cluster import MiniCluster
 from aifactory.hub.spawner_lab import SpawnerLab
 
 pytestmark = pytest.mark.slurm
@@ -31,26 +27,14 @@ c.AIFSlurmSpawner.profiles = [
 
 @pytest.fixture(scope="module")
 def slurm_hub(tmp_path_factory):
-    require_root()
-    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
-        require_binary(binary, package)
-    state = Path(tempfile.mkdtemp(prefix="aif-ext-cluster-"))
-    state.chmod(0o755)
-    cluster = MiniCluster(state)
-    lab = None
-    try:
-        cluster.up()
-        cluster.add_user(USER)
+    with mini_cluster("aif-ext-cluster-", [USER]) as cluster:
         lab = SpawnerLab(tmp_path_factory.mktemp("ext-hub"), extra_config=HUB_CONFIG, env=cluster.env())
-        lab.start()
-        lab.add_user(USER)
-        yield lab, cluster
-    finally:
-        if lab is not None:
+        try:
+            lab.start()
+            lab.add_user(USER)
+            yield lab, cluster
+        finally:
             lab.stop()
-        cluster.down()
-        MiniCluster.remove_user(USER)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_session_endpoint_returns_the_slurm_fields(slurm_hub):

@@ -6,12 +6,9 @@ torch, onnxruntime, mlflow and aifactory.extensions.
 """
 
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from importlib import resources
-from pathlib import Path
 
 import nbformat
 import psutil
@@ -20,10 +17,9 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from aifactory.hub.cluster import MiniCluster
 from aifactory.hub.spawner_lab import SpawnerLab
 from aifactory.images import spawner_environments
-from conftest import require_binary, require_root
+from conftest import mini_cluster
 from images_fixtures import default_venv  # noqa: F401
 
 pytestmark = pytest.mark.slurm
@@ -33,20 +29,8 @@ USER = "aif-envuser"
 
 @pytest.fixture(scope="module")
 def cluster():
-    require_root()
-    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
-        require_binary(binary, package)
-    state = Path(tempfile.mkdtemp(prefix="aif-images-cluster-"))
-    state.chmod(0o755)
-    mini = MiniCluster(state)
-    try:
-        mini.up()
-        mini.add_user(USER)
+    with mini_cluster("aif-images-cluster-", [USER]) as mini:
         yield mini
-    finally:
-        mini.down()
-        MiniCluster.remove_user(USER)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

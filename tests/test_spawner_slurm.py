@@ -6,19 +6,15 @@ sessions (alice and carol stay up from the first test to the restart and outage 
 
 import json
 import re
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
-from aifactory.hub.cluster import MiniCluster
 from aifactory.hub.spawner_lab import SpawnerLab
-from conftest import require_binary, require_root
+from conftest import mini_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -46,22 +42,8 @@ c.AIFSlurmSpawner.profiles = [
 
 @pytest.fixture(scope="module")
 def cluster():
-    require_root()
-    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
-        require_binary(binary, package)
-    state = Path(tempfile.mkdtemp(prefix="aif-spawner-cluster-"))
-    state.chmod(0o755)
-    mini = MiniCluster(state)
-    try:
-        mini.up()
-        for user in USERS:
-            mini.add_user(user)
+    with mini_cluster("aif-spawner-cluster-", USERS) as mini:
         yield mini
-    finally:
-        mini.down()
-        for user in USERS:
-            MiniCluster.remove_user(user)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

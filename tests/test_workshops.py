@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
@@ -25,7 +24,7 @@ import requests
 from aifactory.hub.cluster import ClusterSpec, MiniCluster
 from aifactory.hub.platform import Platform
 from aifactory.hub.workshops import SlurmReservations, WorkshopError, WorkshopManager
-from conftest import free_port, require_binary, require_root
+from conftest import free_port, mini_cluster, require_binary
 from platform_fixtures import login
 
 pytestmark = pytest.mark.slurm
@@ -45,19 +44,13 @@ c.AIFSlurmSpawner.start_timeout = 180
 
 @pytest.fixture(scope="module")
 def cluster():
-    require_root()
-    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs"), ("git", "git")):
-        require_binary(binary, package)
-    state = Path(tempfile.mkdtemp(prefix="aif-ws-cluster-"))
-    state.chmod(0o755)
-    mini = MiniCluster(state, ClusterSpec(gpus=8))
-    try:
-        mini.up()
-        yield mini
-    finally:
-        mini.down()
-        for user in (*SEATS, "ws9-01"):
-            MiniCluster.remove_user(user)
+    require_binary("git", "git")
+    with mini_cluster("aif-ws-cluster-", spec=ClusterSpec(gpus=8)) as mini:
+        try:
+            yield mini
+        finally:
+            for user in (*SEATS, "ws9-01"):  # seats a failed test may have left
+                MiniCluster.remove_user(user)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ Not part of `make test` (testpaths = tests): these scenarios wait out real outag
 """
 
 import importlib.util
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +24,6 @@ require, require_root, require_binary, free_port = (
     _tests.require, _tests.require_root, _tests.require_binary, _tests.free_port)
 
 import faults_record
-from aifactory.hub.cluster import MiniCluster
 from aifactory.hub.platform import Platform
 from platform_fixtures import login
 
@@ -74,22 +71,8 @@ def fault_record(request):
 
 @pytest.fixture(scope="session")
 def cluster():
-    require_root()
-    for binary, package in (("slurmctld", "slurmctld"), ("munged", "munge"), ("node", "nodejs")):
-        require_binary(binary, package)
-    state = Path(tempfile.mkdtemp(prefix="aif-faults-cluster-"))
-    state.chmod(0o755)
-    mini = MiniCluster(state)
-    try:
-        mini.up()
-        for user in USERS:
-            mini.add_user(user)
+    with _tests.mini_cluster("aif-faults-cluster-", USERS) as mini:
         yield mini
-    finally:
-        mini.down()
-        for user in USERS:
-            MiniCluster.remove_user(user)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
