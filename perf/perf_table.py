@@ -26,6 +26,11 @@ def met(ok, goal):
 
 # --- one extractor per measurement: its script's JSON -> rows ----------------------------------
 
+def _steps(loop):
+    rounds = loop.get("rounds") or [loop]
+    return f"{rounds[0]['steps']:,}" if "steps" in rounds[0] else "?"
+
+
 def platform(r):
     loop, stock = r.get("naive_loop", {}), r.get("stock", {})
     targets = r.get("targets", {"points_per_s": 5000, "ratio_vs_stock_per_call": 250})
@@ -34,7 +39,8 @@ def platform(r):
         row("platform warm start (same state directory)", num(r["warm_start_s"], 1, "s")),
         row("hub restart (sessions and proxy kept)", num(r["hub_restart_s"], 1, "s")),
         row("login to JupyterLab, 1 user, local spawner", num(r["login_to_lab_s"], 1, "s")),
-        row(f"MLflow logging, naive `mlflow.log_metric` x {loop.get('steps', '?')} in a session, end to end",
+        row(f"MLflow logging, naive `mlflow.log_metric` x {_steps(loop)} in a session, end to end"
+            + (f" (median of {loop['median_of']} fresh kernels)" if loop.get("median_of") else ""),
             num(loop.get("points_per_s"), 0, "points/s"), num(stock.get("per_call_points_per_s"), 1, "points/s stock per call"),
             num(r.get("logging_ratio_vs_stock_per_call"), 1) + "x",
             met(r.get("meets_targets"), f">= {targets['points_per_s']:,} points/s and >= {targets['ratio_vs_stock_per_call']}x")),
