@@ -28,7 +28,7 @@ PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!
  .running { color: #1a7f37; } .idle { color: #9a6700; } .queued, .starting { color: #0969da; }
  .failed { color: #cf222e; font-weight: bold; }
 </style></head><body>
-<p><a href="{{ hub }}/hub/home">Hub home</a></p>
+<p><a href="/hub/home">Hub home</a></p>
 {% if rows is none %}
 <h1>Your workshops</h1>
 <ul>{% for ws in workshops %}<li><a href="{{ prefix }}{{ ws.name }}">{{ ws.name }}</a> ({{ ws.state }},
@@ -40,7 +40,7 @@ PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!
 <table id="participants"><tr><th>participant</th><th>state</th><th>detail</th><th></th></tr>
 {% for row in rows %}<tr data-login="{{ row.login }}"><td>{{ row.login }}</td>
  <td class="{{ row.state.split()[0] }}">{{ row.state }}</td><td>{{ row.detail }}</td>
- <td>{% if row.url %}<a href="{{ hub }}{{ row.url }}lab" target="_blank">open</a>{% endif %}</td></tr>
+ <td>{% if row.url %}<a href="{{ row.url }}lab" target="_blank">open</a>{% endif %}</td></tr>
 {% endfor %}</table>
 {% endif %}
 </body></html>""")
@@ -86,8 +86,7 @@ class ListHandler(BaseHandler):
     def get(self):
         user = self.current_user
         mine = [ws for ws in self.manager.book.all() if self.visible(ws, user)]
-        self.finish(PAGE.render(title="Workshops", workshops=mine, rows=None, prefix=self.settings["prefix"],
-                                hub=""))
+        self.finish(PAGE.render(title="Workshops", workshops=mine, rows=None, prefix=self.settings["prefix"]))
 
 
 class WorkshopPageHandler(BaseHandler):
@@ -98,7 +97,7 @@ class WorkshopPageHandler(BaseHandler):
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         self.finish(PAGE.render(title=f"Workshop {ws.name}", ws=ws, rows=rows, counts=sorted(counts.items()),
-                                prefix=self.settings["prefix"], hub=""))
+                                prefix=self.settings["prefix"]))
 
 
 class WorkshopAPIHandler(BaseHandler):

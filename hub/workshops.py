@@ -147,6 +147,11 @@ class Workshop:
         return self.state == "active" and self.start_time - dt.timedelta(hours=1) <= now < self.end_time
 
 
+# what `aif workshop create` may set besides name, seats, trainer and the window
+SEAT_OPTIONS = {"gpus_per_seat", "cpus_per_seat", "memory_gb_per_seat", "gpu_type", "partition", "materials",
+                "branch", "announcement"}
+
+
 class WorkshopBook:
     """The workshop records of one state directory."""
 
@@ -342,8 +347,8 @@ class SlurmReservations:
     def create(self, ws):
         start = ws.start_time.astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # slurmctld's local time
         self._run(["scontrol", "create", "reservation", f"ReservationName={ws.reservation}",
-                f"StartTime={start}", f"Duration={ws.duration_minutes}", f"PartitionName={ws.partition}",
-                f"NodeCnt={ws.nodes}", f"Users={','.join(ws.seat_names)}"])
+                   f"StartTime={start}", f"Duration={ws.duration_minutes}", f"PartitionName={ws.partition}",
+                   f"NodeCnt={ws.nodes}", f"Users={','.join(ws.seat_names)}"])
 
     def delete(self, ws):
         if self.exists(ws):
@@ -356,7 +361,7 @@ class SlurmReservations:
     def jobs(self, ws):
         """(job id, user, state, reason) of the reservation's jobs, recent ended ones included."""
         proc = self._run(["squeue", "--reservation", ws.reservation, "--states", "all", "-h",
-                       "-o", "%i|%u|%T|%r"], check=False)
+                          "-o", "%i|%u|%T|%r"], check=False)
         if proc.returncode != 0:
             return []
         return [tuple(line.split("|", 3)) for line in proc.stdout.splitlines() if line.count("|") == 3]
@@ -382,12 +387,9 @@ class WorkshopManager:
         self.users = UsersFile(platform.state / "users.json")
 
     # -- create --
-    def create(self, name, seats, trainer, start="now", duration="3h", gpus_per_seat=1, cpus_per_seat=1,
-               memory_gb_per_seat=4, gpu_type="h200", partition="gpu", materials="", branch="",
-               announcement=""):
+    def create(self, name, seats, trainer, start="now", duration="3h", **options):
         """Make the workshop; returns (workshop, seat CSV text). Nothing is left if it fails."""
-        ws = self._checked_request(name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat,
-                                   memory_gb_per_seat, gpu_type, partition, materials, branch, announcement)
+        ws = self._checked_request(name, seats, trainer, start, duration, options)
         undo = []
         try:
             self.book.save(ws)
@@ -410,8 +412,12 @@ class WorkshopManager:
             raise
         return ws, seats_csv
 
-    def _checked_request(self, name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat,
-                         memory_gb_per_seat, gpu_type, partition, materials, branch, announcement):
+    def _checked_request(self, name, seats, trainer, start, duration, options):
+        """The Workshop to make, from the trainer's options (Workshop fields: gpus_per_seat, ...)."""
+        unknown = sorted(set(options) - SEAT_OPTIONS)
+        if unknown:
+            raise WorkshopError(f"unknown option(s) {unknown}; expected some of {sorted(SEAT_OPTIONS)}")
+        branch = options.get("branch", "")
         if branch and not BRANCH_RE.match(branch):
             raise WorkshopError(f"--branch: {branch!r} is not a branch name")
         if not NAME_RE.match(name or ""):
@@ -422,27 +428,24 @@ class WorkshopManager:
         if existing:
             raise WorkshopError(f"workshop {name!r} ended on {existing.ended_at}; its archives are kept: "
                                 "pick another name")
-        for label, value, low, high in (("--seats", seats, 1, 500), ("--gpus-per-seat", gpus_per_seat, 0, 16),
-                                        ("--cpus-per-seat", cpus_per_seat, 1, 256),
-                                        ("--memory-gb-per-seat", memory_gb_per_seat, 1, 4096)):
+        begin, length = parse_start(start), parse_duration(duration)
+        ws = Workshop(name=name, seats=seats, start=begin.isoformat(), end=(begin + length).isoformat(),
+                      trainer=trainer, **options)
+        for label, value, low, high in (("--seats", ws.seats, 1, 500), ("--gpus-per-seat", ws.gpus_per_seat, 0, 16),
+                                        ("--cpus-per-seat", ws.cpus_per_seat, 1, 256),
+                                        ("--memory-gb-per-seat", ws.memory_gb_per_seat, 1, 4096)):
             if not isinstance(value, int) or not low <= value <= high:
                 raise WorkshopError(f"{label}: {value!r} is outside {low}..{high}")
-        begin = parse_start(start)
-        ws = Workshop(name=name, seats=seats, start=begin.isoformat(),
-                      end=(begin + parse_duration(duration)).isoformat(), trainer=trainer,
-                      gpus_per_seat=gpus_per_seat, cpus_per_seat=cpus_per_seat,
-                      memory_gb_per_seat=memory_gb_per_seat, gpu_type=gpu_type, partition=partition,
-                      materials=materials, branch=branch,
-                      announcement=announcement or f"Workshop {name}: your session runs on reserved GPUs "
-                                                   f"until {begin + parse_duration(duration):%H:%M} UTC.")
+        ws.announcement = ws.announcement or (f"Workshop {name}: your session runs on reserved resources "
+                                              f"until {ws.end_time:%H:%M} UTC.")
         ws.seat_names = [ws.seat_login(i) for i in range(1, seats + 1)]
         self._check_trainer(trainer)
         taken = [s for s in ws.seat_names if s in self.users.read()]
         if taken:
             raise WorkshopError(f"seat account name(s) {', '.join(taken[:3])} already exist; pick another name")
         ws.nodes = self.slurm.plan(ws)
-        if materials:
-            ws.branch = check_materials(materials, branch)
+        if ws.materials:
+            ws.branch = check_materials(ws.materials, ws.branch)
         return ws
 
     def _check_trainer(self, trainer):
