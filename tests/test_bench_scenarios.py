@@ -9,6 +9,7 @@ import pytest
 from bench_fixtures import tiny_config
 
 from aifactory.benchmarks import BenchmarkResult, run
+from aifactory.benchmarks.scenarios import ScenarioError
 
 PERCENTILE_KEYS = {"latency_p50_ms": "50.00", "latency_p90_ms": "90.00", "latency_p95_ms": "95.00",
                    "latency_p99_ms": "99.00"}
@@ -138,3 +139,41 @@ def test_result_round_trips_and_plots(result, tmp_path):
     assert len(ax.patches) == len(_scenario_children(result))
     ax.figure.savefig(tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+FAILS_MID_TEST = '''
+import torch
+
+
+class FailsOnce(torch.nn.Module):
+    """A digits-shaped model that raises on one call, well inside the LoadGen test."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 1000:
+            raise RuntimeError("device lost on call 1000")
+        return self.linear(x)
+
+
+def make():
+    return FailsOnce()
+'''
+
+
+def test_a_model_failing_inside_loadgen_fails_the_run_and_leaves_no_result(tmp_path, monkeypatch):
+    (tmp_path / "fails_mid_test.py").write_text(FAILS_MID_TEST)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = tmp_path / "results"
+    config = tiny_config(results, model={"path": "fails_mid_test:make", "input_shape": [64]},
+                         backends=[{"kind": "torch", "threads": 1}], accuracy={"enabled": False},
+                         scenario={"min_duration_s": 1.0})
+    # LoadGen is not left waiting for the failed query: the test ends and the error names it
+    with pytest.raises(ScenarioError, match=r"failed in SingleStream: RuntimeError: device lost on call 1000"):
+        run(config, progress=False)
+    assert not list(results.glob("*/results.json")), "a failed run must not leave a result"
+    assert not list(results.iterdir()), "no partial result directory"
