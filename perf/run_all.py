@@ -49,7 +49,7 @@ MEASUREMENTS = [
     Measurement("login_scale", "login_scale.py", ("--users", "1,20,30", "--single-repeats", "3"), 240, 420),
     Measurement("spawner", "spawner_compare.py", ("--quick",), 300, 420),
     Measurement("bench_overhead", "bench_overhead.py", ("--seconds", "1", "--rounds", "4"), 30, 120),
-    Measurement("bench_fidelity", "bench_fidelity.py", ("--seconds", "0.05", "--rounds", "21"), 60, 180),
+    Measurement("bench_fidelity", "bench_fidelity.py", ("--seconds", "0.02", "--rounds", "61"), 100, 300),
     Measurement("bench_quick_profile", "bench_quick_profile.py", ("--repeat", "2"), 45, 150),
     Measurement("bench_gpu", "bench_gpu.py", (), 15, 300),
     # issue 9: "`aif compare` over 200 runs": 50 benchmarks are 200 MLflow runs (parent + 3 children each)
