@@ -99,8 +99,13 @@ def crowd(platform, users, password, timeout):
             # a failed login is a figure here, not a crash
             return None, f"{user}: {type(err).__name__}: {err}"[:300]
 
-    with ThreadPoolExecutor(len(users)) as pool:
+    pool = ThreadPoolExecutor(len(users))
+    try:
         outcomes = list(pool.map(one, users))
+    finally:
+        # Interrupted (make perf's time limit sends SIGINT), do not wait for logins in flight,
+        # up to `timeout` each: the caller's cleanup stops the hub, which ends them, and the cluster.
+        pool.shutdown(wait=False, cancel_futures=True)
     wall = time.monotonic() - t0
     cpu = hub_cpu_s(hub) - cpu0
     times = [t for t, _ in outcomes if t is not None]
@@ -110,6 +115,7 @@ def crowd(platform, users, password, timeout):
         "users": len(users), "ok": len(times), "failed": len(errors),
         **summary(times), "wall_s": round(wall, 2), "hub_cpu_s": round(cpu, 2),
         "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "errors": errors[:5],
+        **({"hub_log_tail": platform.log_tail("hub", 10)} if errors else {}),
     }
 
 
@@ -182,6 +188,10 @@ def main():
             else:
                 result["crowds"][str(n)] = crowd(platform, users[:n], password, args.timeout)
             print(f"{n} users: {result['crowds'][str(n)]}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # make perf's time limit: say where the crowd stood before cleaning up
+        if platform:
+            print(f"interrupted; hub log: {platform.log_tail('hub', 15)}", file=sys.stderr, flush=True)
+        raise
     finally:
         if platform:
             platform.stop()

@@ -47,14 +47,14 @@ class Measurement:
 MEASUREMENTS = [
     Measurement("platform", "platform_perf.py", (), 150, 300),
     Measurement("login_scale", "login_scale.py", ("--users", "1,20,30", "--single-repeats", "3"), 240, 420),
-    Measurement("spawner", "spawner_compare.py", ("--quick",), 300, 420),
-    Measurement("bench_overhead", "bench_overhead.py", ("--seconds", "1", "--rounds", "4"), 30, 120),
+    Measurement("spawner", "spawner_compare.py", ("--quick",), 270, 420),
+    Measurement("bench_overhead", "bench_overhead.py", ("--seconds", "1", "--rounds", "4"), 20, 120),
     Measurement("bench_fidelity", "bench_fidelity.py", ("--seconds", "0.02", "--rounds", "61"), 100, 300),
-    Measurement("bench_quick_profile", "bench_quick_profile.py", ("--repeat", "2"), 45, 150),
+    Measurement("bench_quick_profile", "bench_quick_profile.py", ("--repeat", "2"), 30, 150),
     Measurement("bench_gpu", "bench_gpu.py", (), 15, 300),
     # issue 9: "`aif compare` over 200 runs": 50 benchmarks are 200 MLflow runs (parent + 3 children each)
-    Measurement("compare_runs", "compare_runs.py", ("--benchmarks", "50", "--repeat", "3"), 75, 240),
-    Measurement("workshop_start", "workshop_start.py", (), 180, 300),  # the integrator's; run when present
+    Measurement("compare_runs", "compare_runs.py", ("--benchmarks", "50", "--repeat", "3"), 45, 240),
+    Measurement("workshop_start", "workshop_start.py", (), 150, 300),  # the integrator's; run when present
 ]
 
 
