@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,10 +119,11 @@ class SystemUnderTest:
         self.staged = library.staged
         self.views = library.views
         self.batch_size = batch_size
-        self.latencies_ns = []
+        # Per-query clock stamps in flat int64 arrays: no Python int kept per query, so the
+        # bookkeeping between queries reuses the same memory instead of touching new cache lines.
+        self._starts, self._dones = array("q"), array("q")
         self.samples_completed = 0
         self.error = None
-        self.first_issue = self.last_done = None
         self._complete_samples = lg.QuerySamplesComplete
         self._response = lg.QuerySampleResponse(0, 0, 0)
         self._one_response = [self._response]
@@ -136,11 +138,9 @@ class SystemUnderTest:
             self._issue_one(ids[0], indices[0])
         else:
             self._issue_many(ids, indices)
-        done = time.perf_counter_ns()
-        self.latencies_ns.append(done - start)
+        self._dones.append(time.perf_counter_ns())
+        self._starts.append(start)
         self.samples_completed += len(ids)
-        self.first_issue = self.first_issue or start
-        self.last_done = done
 
     def _issue_one(self, response_id, index):
         """SingleStream: the loaded view, completed with one reused response. Everything between
@@ -228,10 +228,22 @@ class SystemUnderTest:
         self._complete_ids(ids)
         done = time.perf_counter_ns()
         for _, _, arrived in items:
-            self.latencies_ns.append(done - arrived)
-            self.first_issue = self.first_issue or arrived
+            self._starts.append(arrived)
+            self._dones.append(done)
         self.samples_completed += len(ids)
-        self.last_done = done
+
+    @property
+    def latencies_ns(self):
+        """Each query's issue (Server: arrival) to completion, as the SUT's own clock saw it."""
+        return np.frombuffer(self._dones, dtype=np.int64) - np.frombuffer(self._starts, dtype=np.int64)
+
+    @property
+    def first_issue(self):
+        return self._starts[0] if self._starts else None
+
+    @property
+    def last_done(self):
+        return self._dones[-1] if self._dones else None
 
     def _flush(self):
         pass

@@ -207,6 +207,7 @@ def summary_block(report):
             f"{m['memory_gib']} GiB, {m['gpu']}; load average {num(report['load_avg_start'], 1)} at the start, "
             f"{num(report.get('load_avg_end'), 1)} at the end"
             + (f"; {total / 60:.1f} min in all (target: 20 min, {'met' if total <= 1200 else '**NOT met**'})" if total else "")
+            + "".join(f"; re-measured alone on {r['date']}: {', '.join(r['names'])}" for r in report.get("remeasured", []))
             + ". Every figure's JSON is in `perf/results/perf.json`; the machine column gives the 1-minute "
             "load average before → after each script (load above the core count means other work shared the "
             "machine and slowed the figures).")

@@ -166,6 +166,14 @@ def run_all(measurements):
     return report
 
 
+def merged(full, partial):
+    """The last full run with some measurements replaced by a later partial run's."""
+    report = dict(full, measurements={**full["measurements"], **partial["measurements"]})
+    report["remeasured"] = [*full.get("remeasured", []),
+                            {"names": sorted(partial["measurements"]), "date": partial["date"]}]
+    return report
+
+
 def write(report):
     (RESULTS / "perf.json").write_text(json.dumps(report, indent=1) + "\n")
 
@@ -174,16 +182,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated measurement names (default: all); leaves the docs alone")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/PERFORMANCE.md")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: put the new figures into the existing perf/results/perf.json and the table "
+                             "(the header names what was re-measured, and when)")
     parser.add_argument("--table-only", action="store_true",
                         help="regenerate the table in docs/PERFORMANCE.md from the existing perf/results/perf.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    if args.merge and not args.only:
+        parser.error("--merge needs --only: it re-measures some rows of the last full run")
+    previous = json.loads((RESULTS / "perf.json").read_text()) if args.merge or args.table_only else None
     if args.table_only:
-        report = json.loads((RESULTS / "perf.json").read_text())
+        report = previous
     else:
         report = run_all(selected(args.only.split(",") if args.only else None))
+        if args.merge:
+            report = merged(previous, report)
+            write(report)
     _, failures = perf_table.table(report)
-    if not (args.no_docs or args.only):  # a partial run must not replace the full table
+    if not (args.no_docs or (args.only and not args.merge)):  # a partial run must not replace the full table
         perf_table.update_doc(DOC, report)
         print(f"table: {DOC.relative_to(ROOT)}")
     print(f"results: {(RESULTS / 'perf.json').relative_to(ROOT)} ({report.get('total_seconds', '?')} s)")

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 
 import perf_table
-from run_all import last_json
+from run_all import last_json, merged
 
 MACHINE = {"cpu_model": "AMD EPYC", "cores": 2, "memory_gib": 24, "gpu": "no GPU"}
 
@@ -97,3 +97,17 @@ def test_update_doc_without_markers_says_what_is_missing(tmp_path):
 def test_a_scripts_json_is_its_last_top_level_object_not_a_nested_one():
     stdout = 'progress {not json}\n{"old": 1}\n{"result": {"nested": {"deep": 1}}, "rows": [{"a": 2}]}\nbye\n'
     assert last_json(stdout) == {"result": {"nested": {"deep": 1}}, "rows": [{"a": 2}]}
+
+
+def test_a_merged_rerun_replaces_its_rows_and_the_header_says_so():
+    full = sample_report()
+    rerun = {"date": "2026-11-21 05:00", "measurements": {"bench_overhead": entry("bench_overhead", {
+        "suite_p50_us": 1.1, "loadgen_alone_p50_us": 1.0, "overhead_p50_us": 0.1, "target_us": 2.0,
+        "ratio_p50_suite_vs_loadgen_alone": 1.1, "meets_target": True}, date="2026-11-21 05:00")}}
+    report = merged(full, rerun)
+    block = perf_table.summary_block(report)
+    overhead = next(r for r in rows_by_measurement(block) if "harness overhead" in r)
+    assert "overhead +0.10 µs" in overhead and "2026-11-21 05:00" in overhead
+    assert "workshop start, 30 seats" in block, "the rows not re-measured stay"
+    assert "re-measured alone on 2026-11-21 05:00: bench_overhead" in block
+    assert full["measurements"]["bench_overhead"]["result"]["overhead_p50_us"] == 0.4, "the full run is not changed"
