@@ -140,7 +140,7 @@ def selected(only):
     return chosen
 
 
-def run_all(measurements):
+def run_all(measurements, out):
     machine_info = machine()
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "make perf", "machine": machine_info,
               "budget_s": BUDGET_S, "load_avg_start": load_1m(), "measurements": {}}
@@ -160,22 +160,23 @@ def run_all(measurements):
         status = "ok" if "result" in entry else perf_table.failure_text(entry)
         print(f"{m.name:<20} {status:<40} {entry['seconds']:>7.1f} s  load {entry['load_avg'][0]} -> "
               f"{entry['load_avg'][1]}", flush=True)
-        write(report)
+        write(report, out)
     report.update(total_seconds=round(time.monotonic() - t0, 1), load_avg_end=load_1m())
-    write(report)
+    write(report, out)
     return report
 
 
 def merged(full, partial):
     """The last full run with some measurements replaced by a later partial run's."""
     report = dict(full, measurements={**full["measurements"], **partial["measurements"]})
-    report["remeasured"] = [*full.get("remeasured", []),
-                            {"names": sorted(partial["measurements"]), "date": partial["date"]}]
+    new = set(partial["measurements"])
+    earlier = [{**r, "names": [n for n in r["names"] if n not in new]} for r in full.get("remeasured", [])]
+    report["remeasured"] = [*(r for r in earlier if r["names"]), {"names": sorted(new), "date": partial["date"]}]
     return report
 
 
-def write(report):
-    (RESULTS / "perf.json").write_text(json.dumps(report, indent=1) + "\n")
+def write(report, path):
+    path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main():
@@ -191,14 +192,21 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     if args.merge and not args.only:
         parser.error("--merge needs --only: it re-measures some rows of the last full run")
-    previous = json.loads((RESULTS / "perf.json").read_text()) if args.merge or args.table_only else None
+    full = RESULTS / "perf.json"
+    previous = None
+    if args.merge or args.table_only:
+        if not full.exists():
+            parser.error(f"{full.relative_to(ROOT)} does not exist yet: run `make perf` once first")
+        previous = json.loads(full.read_text())
     if args.table_only:
         report = previous
     else:
-        report = run_all(selected(args.only.split(",") if args.only else None))
+        # a re-measurement writes its progress beside the full run's JSON, which it replaces only when done
+        report = run_all(selected(args.only.split(",") if args.only else None),
+                         RESULTS / "perf-partial.json" if args.merge else full)
         if args.merge:
             report = merged(previous, report)
-            write(report)
+            write(report, full)
     _, failures = perf_table.table(report)
     if not (args.no_docs or (args.only and not args.merge)):  # a partial run must not replace the full table
         perf_table.update_doc(DOC, report)

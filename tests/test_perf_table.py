@@ -111,3 +111,5 @@ def test_a_merged_rerun_replaces_its_rows_and_the_header_says_so():
     assert "workshop start, 30 seats" in block, "the rows not re-measured stay"
     assert "re-measured alone on 2026-11-21 05:00: bench_overhead" in block
     assert full["measurements"]["bench_overhead"]["result"]["overhead_p50_us"] == 0.4, "the full run is not changed"
+    again = merged(report, dict(rerun, date="2026-11-21 06:00"))
+    assert again["remeasured"] == [{"names": ["bench_overhead"], "date": "2026-11-21 06:00"}], "only the latest is named"
