@@ -76,6 +76,8 @@ def test_example_notebook_runs_in_jupyterlab_and_shows_results(platform):
             assert histogram.evaluate("img => img.naturalWidth") > 100
             assert page.locator(".aif-error").count() == 0
             assert page.locator("a.aif-mlflow-link").count() >= 2
+            # the site's settings (extensions/etc/jupyter/labconfig): no news prompt from jupyter.org
+            assert page.get_by_text("official Jupyter news").count() == 0
         finally:
             browser.close()
             platform.api("DELETE", f"/users/{user}/server")
