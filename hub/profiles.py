@@ -10,6 +10,7 @@ the batch script.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field, fields
 
@@ -57,6 +58,10 @@ class Profile:
     environments: tuple = ()
     # hub groups whose members are offered this profile (a workshop's); empty: everyone
     groups: tuple = ()
+    # the reservation's window (ISO 8601 with a UTC offset): Slurm ends every job of a reservation
+    # at its end, so a session's walltime is cut to the time the window has left
+    window_start: str = ""
+    window_end: str = ""
 
     @classmethod
     def from_config(cls, entry):
@@ -106,6 +111,11 @@ class Profile:
             raise ValueError(f"{where}: min_gpus ({self.min_gpus}) > max_gpus ({self.max_gpus})")
         if not 1 <= self.hours <= self.max_hours:
             raise ValueError(f"{where}: hours must be between 1 and max_hours ({self.max_hours})")
+        start, end = (_instant(where, key, getattr(self, key)) for key in ("window_start", "window_end"))
+        if start and not end:
+            raise ValueError(f"{where}: window_start needs window_end")
+        if start and start >= end:
+            raise ValueError(f"{where}: window_end must be after window_start")
         if self.cpus < 1 or self.memory_gb < 1:
             raise ValueError(f"{where}: cpus and memory_gb must be at least 1")
         for name, value in self.environment.items():
@@ -119,6 +129,14 @@ class Profile:
     @property
     def memory_range(self):
         return self.memory_gb, max(self.memory_gb, self.max_memory_gb)
+
+    def minutes_left(self, now):
+        """Whole minutes a session asked for at `now` may run before the window ends (None: no
+        window). A job queued before the window opens starts when it opens."""
+        if not self.window_end:
+            return None
+        start = max(now, dt.datetime.fromisoformat(self.window_start)) if self.window_start else now
+        return max(0, int((dt.datetime.fromisoformat(self.window_end) - start).total_seconds() // 60))
 
 
 @dataclass(frozen=True)
@@ -198,6 +216,12 @@ class SessionRequest:
     reservation: str = ""
     environment: tuple = ()
     notebook_env: str = ""
+    # the walltime Slurm gets: `hours`, cut to what the reservation's window has left
+    minutes: int = 0
+
+    def __post_init__(self):
+        if not self.minutes:
+            object.__setattr__(self, "minutes", self.hours * 60)
 
     @property
     def gres(self):
@@ -205,13 +229,17 @@ class SessionRequest:
 
     @property
     def walltime(self):
-        return f"{self.hours:02d}:00:00"
+        return f"{self.minutes // 60:02d}:{self.minutes % 60:02d}:00"
+
+    @property
+    def walltime_seconds(self):
+        return self.minutes * 60
 
     def to_state(self):
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"environment": dict(self.environment)}
 
 
-def resolve_request(allowed, user_options):
+def resolve_request(allowed, user_options, now=None):
     """Validate untrusted `user_options` against the user's allowances; raise OptionsError."""
     if not allowed:
         raise OptionsError("profile", "no resource profile is available to you; ask the operator")
@@ -235,6 +263,7 @@ def resolve_request(allowed, user_options):
         notebook_env = _choice(options, "notebook_env", list(profile.environments), default=profile.environments[0])
     elif options.get("notebook_env") not in (None, ""):
         raise OptionsError("notebook_env", f"profile {name} offers no choice of environment")
+    hours = _integer(options, "hours", (1, allowance.hours_max), default=min(profile.hours, allowance.hours_max))
     return SessionRequest(
         profile=name,
         partition=profile.partition,
@@ -242,13 +271,36 @@ def resolve_request(allowed, user_options):
         gpus=gpus,
         cpus=_integer(options, "cpus", profile.cpu_range, default=profile.cpus),
         memory_gb=_integer(options, "memory_gb", profile.memory_range, default=profile.memory_gb),
-        hours=_integer(options, "hours", (1, allowance.hours_max), default=min(profile.hours, allowance.hours_max)),
+        hours=hours,
         account=profile.account,
         qos=profile.qos,
         reservation=profile.reservation,
         environment=tuple(sorted(profile.environment.items())),
         notebook_env=notebook_env,
+        minutes=_walltime_minutes(profile, hours, now or dt.datetime.now(dt.timezone.utc)),
     )
+
+
+def _walltime_minutes(profile, hours, now):
+    left = profile.minutes_left(now)
+    if left is None:
+        return hours * 60
+    if left < 1:
+        raise OptionsError("profile", f"{profile.name}: its reservation ended at {profile.window_end}")
+    return min(hours * 60, left)
+
+
+def _instant(where, key, text):
+    """An aware datetime from ISO 8601 text, or None for ""; raises ValueError naming the key."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {key} must be an ISO 8601 time, got {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{where}: {key} needs a UTC offset (e.g. +00:00), got {text!r}")
+    return value
 
 
 def _choice(options, key, allowed, default):

@@ -410,7 +410,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             cmd=cmd,
             job_name=self.job_name,
             output_file=self.output_file(),
-            walltime_seconds=request.hours * 3600,
+            walltime_seconds=request.walltime_seconds,
             environment=environment,
             image_prefix=f"apptainer exec --nv {shlex.quote(image)} " if image else "",
         )

@@ -101,11 +101,13 @@ class Workshop:
 
     def profile(self):
         """The AIFSlurmSpawner profile of the participants, pinned to the reservation."""
-        hours = max(1, self.duration_minutes // 60)
+        # whole hours covering the window; each session's walltime is cut to what the window has
+        # left when it is asked for (profiles.SessionRequest.minutes)
+        hours = max(1, math.ceil(self.duration_minutes / 60))
         entry = {
             "name": self.profile_name,
             "display_name": f"Workshop {self.name}",
-            "description": f"Reserved for this workshop until {self.end_time:%Y-%m-%d %H:%M} UTC",
+            "description": f"Reserved for this workshop until {self.end_time:%Y-%m-%d %H:%M} UTC; sessions end then",
             "partition": self.partition,
             "cpus": self.cpus_per_seat,
             "memory_gb": self.memory_gb_per_seat,
@@ -113,6 +115,8 @@ class Workshop:
             "max_hours": hours,
             "reservation": self.reservation,
             "groups": [self.group],
+            "window_start": self.start_time.isoformat(),
+            "window_end": self.end_time.isoformat(),
         }
         if self.gpus_per_seat:
             entry.update(gpu_types=[self.gpu_type], min_gpus=self.gpus_per_seat, max_gpus=self.gpus_per_seat)

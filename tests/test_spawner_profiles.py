@@ -1,5 +1,7 @@
 """Validation of resource requests (no Slurm needed): every refusal names the field."""
 
+import datetime as dt
+
 import pytest
 
 from aifactory.hub.profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
@@ -80,10 +82,39 @@ def test_form_strings_are_converted_and_checked():
     ({"name": "x", "partition": "gpu", "qos": "a b"}, "qos"),
     ({"name": "x", "partition": "gpu", "gpus": 2}, "unknown keys"),
     ({"name": "x", "partition": "gpu", "environment": {"A": "1\n#SBATCH"}}, "environment"),
+    ({"name": "x", "partition": "gpu", "window_end": "tomorrow"}, "window_end must be an ISO 8601 time"),
+    ({"name": "x", "partition": "gpu", "window_end": "2026-11-21T18:00"}, "window_end needs a UTC offset"),
+    ({"name": "x", "partition": "gpu", "window_start": "2026-11-21T18:00+00:00"}, "window_start needs window_end"),
+    ({"name": "x", "partition": "gpu", "window_start": "2026-11-21T18:00+00:00",
+      "window_end": "2026-11-21T17:00+00:00"}, "window_end must be after window_start"),
 ])
 def test_operator_mistakes_in_profiles_fail_loudly(entry, message):
     with pytest.raises(ValueError, match=message):
         Profile.from_config(entry)
+
+
+WINDOW = {"name": "workshop-ws1", "partition": "gpu", "hours": 3, "max_hours": 3, "reservation": "aif-ws1",
+          "window_start": "2026-11-21T09:00:00+00:00", "window_end": "2026-11-21T11:30:00+00:00"}
+
+
+@pytest.mark.parametrize("now, minutes, walltime", [
+    ("2026-11-21T08:20:00+00:00", 150, "02:30:00"),  # queued before the window: it runs all of it
+    ("2026-11-21T10:14:30+00:00", 75, "01:15:00"),   # late: what is left, in whole minutes
+    ("2026-11-21T11:29:00+00:00", 1, "00:01:00"),
+])
+def test_a_reservation_window_cuts_the_walltime_to_what_it_has_left(now, minutes, walltime):
+    allowed = allowances([Profile.from_config(WINDOW)], {}, [])
+    request = resolve_request(allowed, {"hours": "3"}, now=dt.datetime.fromisoformat(now))
+    assert (request.hours, request.minutes, request.walltime, request.walltime_seconds) == (
+        3, minutes, walltime, minutes * 60)
+    unbounded = resolve_request(sme(), {"hours": 3}, now=dt.datetime.fromisoformat(now))
+    assert (unbounded.minutes, unbounded.walltime) == (180, "03:00:00")
+
+
+def test_a_session_asked_for_after_the_window_is_refused_naming_the_end():
+    allowed = allowances([Profile.from_config(WINDOW)], {}, [])
+    with pytest.raises(OptionsError, match="workshop-ws1: its reservation ended at 2026-11-21T11:30:00"):
+        resolve_request(allowed, {}, now=dt.datetime(2026, 11, 21, 11, 30, 20, tzinfo=dt.timezone.utc))
 
 
 def test_queue_position_follows_priority_within_the_partition():

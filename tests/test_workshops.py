@@ -182,14 +182,24 @@ def test_all_five_participants_spawn_into_the_reservation(hub, cluster):
     for offered, home in results:
         assert offered == {f"workshop-{WS}"}  # participants see only their workshop's profile
         assert "Welcome to &lt;ws1&gt;: ask for help in the chat" in home  # banner, escaped
-    jobs = cluster.run(["squeue", "-h", "-o", "%u %v %T %b"]).stdout.split("\n")
+    jobs = cluster.run(["squeue", "-h", "-o", "%u %v %T %b %l"]).stdout.split("\n")
     assert sorted(j.split()[0] for j in jobs if j) == SEATS
-    assert all(f" aif-{WS} RUNNING gres:gpu:h200:1" in j for j in jobs if j), jobs
+    assert all(f" aif-{WS} RUNNING gres:gpu:h200:1 " in j for j in jobs if j), jobs
+    # the 2 h window began when it was created: each walltime is what it had left, not 2 h
+    limits = [_minutes(j.split()[-1]) for j in jobs if j]
+    assert all(100 <= minutes < 120 for minutes in limits), jobs
     for seat in SEATS:  # the course was pulled into each home as the job started
         assert (Path(pwd.getpwnam(seat).pw_dir) / "course" / "README.md").read_text().startswith("# Course")
     outsider = login(url, OUTSIDER, hub["passwords"][OUTSIDER])
     assert "Welcome to" not in outsider.get(f"{url}/hub/home", timeout=30).text
     assert f"workshop-{WS}" not in outsider.get(f"{url}/hub/spawn/{OUTSIDER}", timeout=30).text
+
+
+def _minutes(limit):
+    """Minutes of a Slurm time limit printed as [D-]H:MM:SS."""
+    days, _, clock = limit.rpartition("-")
+    hours, minutes, _ = (int(part) for part in clock.split(":"))
+    return int(days or 0) * 1440 + hours * 60 + minutes
 
 
 def test_trainer_sees_and_opens_participants_servers_and_nobody_else_can(hub):
