@@ -76,20 +76,23 @@ def plot_png(front: pd.DataFrame, x: str, y: str, path, *, group: str = "hardwar
         ax.scatter(front_pts[x], front_pts[y], c=PARETO_COLOR, label="Pareto front", zorder=3)
         if len(front_pts) > 1:
             ax.step(front_pts[x], front_pts[y], where="post", c=PARETO_COLOR, alpha=0.6, zorder=1)
+        middle = (part[x].min() + part[x].max()) / 2 if len(part) else 0
         for _, row in part.iterrows():
             color = "black" if row["pareto"] else DOMINATED_COLOR
-            ax.annotate(_label(row), (row[x], row[y]), fontsize=7, color=color,
-                        xytext=(4, 4), textcoords="offset points")
+            # labels point inwards, so the rightmost run's name is not cut at the panel's edge
+            inward = row[x] > middle
+            ax.annotate(_label(row), (row[x], row[y]), fontsize=7, color=color, ha="right" if inward else "left",
+                        xytext=(-4 if inward else 4, 4), textcoords="offset points")
         ax.set_title(str(name), fontsize=9)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
-        if len(part):
-            ax.legend(fontsize=7, loc="lower right")
+        if len(part):  # below the panel: inside it, the legend covered the labels of runs
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
