@@ -136,6 +136,9 @@ def _workshops(c, rt, state):
         "url": f"http://127.0.0.1:{rt['workshop_service_port']}",
         "display": True,
         "oauth_no_confirm": True,
+        # start/stop go to the hub with the trainer's token: the hub grants it only the trainer's
+        # own servers!group= (see workshop_service.py)
+        "oauth_client_allowed_scopes": ["servers"],
         "environment": {**env, "AIF_STATE_DIR": str(state)},
         "command": [sys.executable, "-m", "aifactory.hub.workshop_service"],
     })

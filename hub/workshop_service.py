@@ -2,13 +2,17 @@
 
 A trainer (or a hub admin) logs in through the hub and sees, for each of their workshops, who is
 running, idle, queued in Slurm or failed, with one click into a participant's server (the
-trainer's role grants `access:servers` on the workshop group). The status comes from the same
-code as `aif workshop status` (workshops.py), with this service's own read-only hub token.
+trainer's role grants `access:servers` on the workshop group), and starts or stops a
+participant's session. The status comes from the same code as `aif workshop status`
+(workshops.py), with this service's own read-only hub token; start and stop go to the hub with the
+trainer's own OAuth token (the service may ask for `servers`, the hub grants only the trainer's
+`servers!group=`), so the hub, not this page, decides what a trainer may do.
 """
 
 import asyncio
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 
 import requests
 from jinja2 import Environment, select_autoescape
@@ -26,7 +30,7 @@ PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!
  body { font-family: sans-serif; margin: 2em; } table { border-collapse: collapse; }
  td, th { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }
  .running { color: #1a7f37; } .idle { color: #9a6700; } .queued, .starting { color: #0969da; }
- .failed { color: #cf222e; font-weight: bold; }
+ .failed { color: #cf222e; font-weight: bold; } #notice.error { color: #cf222e; }
 </style></head><body>
 <p><a href="/hub/home">Hub home</a></p>
 {% if rows is none %}
@@ -37,10 +41,16 @@ PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!
 <h1>Workshop {{ ws.name }}</h1>
 <p>{{ ws.state }}, {{ ws.seats }} seats, {{ ws.start[:16] }} - {{ ws.end[11:16] }} UTC, reservation
  {{ ws.reservation }}. {% for state, n in counts %}{{ n }} {{ state }}{% if not loop.last %}, {% endif %}{% endfor %}</p>
-<table id="participants"><tr><th>participant</th><th>state</th><th>detail</th><th></th></tr>
+{% if notice %}<p id="notice" class="{{ notice.kind }}">{{ notice.text }}</p>{% endif %}
+<table id="participants"><tr><th>participant</th><th>state</th><th>detail</th><th></th><th></th></tr>
 {% for row in rows %}<tr data-login="{{ row.login }}"><td>{{ row.login }}</td>
  <td class="{{ row.state.split()[0] }}">{{ row.state }}</td><td>{{ row.detail }}</td>
- <td>{% if row.url %}<a href="{{ row.url }}lab" target="_blank">open</a>{% endif %}</td></tr>
+ <td>{% if row.url %}<a href="{{ row.url }}lab" target="_blank">open</a>{% endif %}</td>
+ <td><form method="post" action="{{ prefix }}{{ ws.name }}/servers/{{ row.login }}">
+  <input type="hidden" name="_xsrf" value="{{ xsrf }}">
+  {% if row.state in stoppable %}<button name="action" value="stop">stop</button>
+  {% elif row.state in startable %}<button name="action" value="start">start</button>{% endif %}
+ </form></td></tr>
 {% endfor %}</table>
 {% endif %}
 </body></html>""")
@@ -57,6 +67,11 @@ class HubAPI:
 
     def api(self, method, path, **kwargs):
         return requests.request(method, self._base + path, headers=self._headers, timeout=30, **kwargs)
+
+    def as_user(self, token, method, path, **kwargs):
+        """A hub API call with a user's token (the trainer's own permissions, not this service's)."""
+        headers = {"Authorization": f"token {token}"}
+        return requests.request(method, self._base + path, headers=headers, timeout=60, **kwargs)
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -89,6 +104,20 @@ class ListHandler(BaseHandler):
         self.finish(PAGE.render(title="Workshops", workshops=mine, rows=None, prefix=self.settings["prefix"]))
 
 
+# participant states (WorkshopManager.status) in which the page offers each action
+STOPPABLE = ("running", "idle", "queued", "starting")
+STARTABLE = ("not started", "not logged in", "stopped", "failed")
+# what the page says after an action: fixed texts, so nothing from a URL is echoed into the page
+NOTICES = {
+    "started": ("ok", "session of {login} started"),
+    "starting": ("ok", "session of {login} asked for: it starts when Slurm gives it a node"),
+    "stopped": ("ok", "session of {login} stopped"),
+    "stopping": ("ok", "session of {login} is stopping"),
+    "busy": ("error", "{login}: the hub refused, the session is already starting, running or stopping"),
+    "refused": ("error", "{login}: the hub refused (HTTP {code}); see the hub log"),
+}
+
+
 class WorkshopPageHandler(BaseHandler):
     @web.authenticated
     async def get(self, name):
@@ -97,7 +126,44 @@ class WorkshopPageHandler(BaseHandler):
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         self.finish(PAGE.render(title=f"Workshop {ws.name}", ws=ws, rows=rows, counts=sorted(counts.items()),
-                                prefix=self.settings["prefix"]))
+                                prefix=self.settings["prefix"], notice=self._notice(ws),
+                                xsrf=self.xsrf_token.decode(), stoppable=STOPPABLE, startable=STARTABLE))
+
+    def _notice(self, ws):
+        kind, login = self.get_query_argument("done", ""), self.get_query_argument("login", "")
+        if kind not in NOTICES or login not in ws.seat_names:
+            return None
+        style, text = NOTICES[kind]
+        code = self.get_query_argument("code", "")
+        return {"kind": style, "text": text.format(login=login, code=code if code.isdigit() else "?")}
+
+
+class ServerActionHandler(BaseHandler):
+    """Start (with the workshop's profile) or stop one participant's session for the trainer."""
+
+    @web.authenticated
+    async def post(self, name, login):
+        ws = self.workshop_for(name, self.current_user)
+        if login not in ws.seat_names:
+            raise web.HTTPError(404, f"{login!r} is not a participant of workshop {ws.name}")
+        action = self.get_body_argument("action", "")
+        if action not in ("start", "stop"):
+            raise web.HTTPError(400, f"action: {action!r} is not one of start, stop")
+        method, body = ("POST", {"profile": ws.profile_name}) if action == "start" else ("DELETE", None)
+        token = self.hub_auth.get_token(self)
+        response = await IOLoop.current().run_in_executor(
+            None, lambda: self.settings["hub_api"].as_user(token, method, f"/users/{login}/server", json=body))
+        done = _outcome(action, response.status_code)
+        query = urlencode({"done": done, "login": login, "code": response.status_code})
+        self.redirect(f"{self.settings['prefix']}{ws.name}?{query}", status=303)
+
+
+def _outcome(action, status_code):
+    if status_code in (201, 204):
+        return "started" if action == "start" else "stopped"
+    if status_code == 202:
+        return "starting" if action == "start" else "stopping"
+    return "busy" if status_code == 400 else "refused"
 
 
 class WorkshopAPIHandler(BaseHandler):
@@ -114,10 +180,13 @@ def make_app(prefix, manager):
             (prefix + "oauth_callback", HubOAuthCallbackHandler),
             (prefix, ListHandler),
             (prefix + r"api/([a-z][a-z0-9-]*)", WorkshopAPIHandler),
+            (prefix + r"([a-z][a-z0-9-]*)/servers/([a-z][a-z0-9-]*)", ServerActionHandler),
             (prefix + r"([a-z][a-z0-9-]*)/?", WorkshopPageHandler),
         ],
         manager=manager,
+        hub_api=manager.platform,
         prefix=prefix,
+        xsrf_cookies=True,
         cookie_secret=os.urandom(32),
         login_url=url_path_join(prefix, "oauth_callback"),
     )

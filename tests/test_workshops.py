@@ -222,7 +222,15 @@ def test_trainer_sees_and_opens_participants_servers_and_nobody_else_can(hub):
     assert api("GET", f"/users/{SEATS[1]}").status_code == 200
     assert api("GET", f"/users/{OUTSIDER}").status_code in (403, 404)
     assert api("POST", f"/users/{OUTSIDER}/tokens").status_code in (403, 404)
-    assert api("DELETE", f"/users/{SEATS[4]}/server").status_code in (202, 204)
+    # the page's buttons: a post without the page's xsrf token, an unknown action, a seat of no
+    # workshop of theirs, and somebody else's workshop are refused; the trainer's stop works
+    action_url = f"{url}/services/workshops/{WS}/servers/{SEATS[4]}"
+    assert trainer.post(action_url, data={"action": "stop"}, timeout=60).status_code == 403
+    assert _page_action(trainer, url, SEATS[4], "reboot").status_code == 400
+    assert _page_action(trainer, url, OUTSIDER, "stop").status_code == 404
+    assert outsider.post(action_url, data={"action": "stop"}, timeout=60).status_code in (403, 404)
+    stopped = _page_action(trainer, url, SEATS[4], "stop")
+    assert stopped.status_code == 200 and f"session of {SEATS[4]} " in stopped.text, stopped.text[-600:]
     _wait(lambda: not api("GET", f"/users/{SEATS[4]}").json()["servers"], 120)
     cli = json.loads(_aif(hub["state"], "workshop", "status", WS, "--json").stdout)
     states = {p["login"]: p["state"] for p in cli["participants"]}
@@ -240,8 +248,9 @@ def test_materials_merge_on_restart_without_overwriting_edits(hub, course):
     _git(course["work"], "push", "-q", str(course["bare"]), "main")
     token = hub["platform"].user_token(TRAINER)
     headers = {"Authorization": f"token {token}"}
-    started = requests.post(f"{hub['url']}/hub/api/users/{SEATS[4]}/server", headers=headers, timeout=60)
-    assert started.status_code in (201, 202), started.text
+    trainer = login(hub["url"], TRAINER, hub["passwords"][TRAINER])
+    started = _page_action(trainer, hub["url"], SEATS[4], "start")  # the trainer page's start button
+    assert started.status_code == 200 and f"session of {SEATS[4]} " in started.text, started.text[-600:]
     _wait(lambda: requests.get(f"{hub['url']}/hub/api/users/{SEATS[4]}", headers=headers, timeout=30)
           .json()["servers"].get("", {}).get("ready"), 240)
     assert (home / "course" / "step2.md").read_text() == "step 2\n"
@@ -285,6 +294,14 @@ def test_end_archives_work_and_removes_everything_then_reports_nothing_left(hub,
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _page_action(session, url, seat, action):
+    """Press the trainer page's start/stop button of `seat` (the form's xsrf token included)."""
+    page = session.get(f"{url}/services/workshops/{WS}", timeout=60).text
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page)[1]
+    return session.post(f"{url}/services/workshops/{WS}/servers/{seat}", data={"action": action, "_xsrf": xsrf},
+                        timeout=120)
+
 
 def _lab_served(response, owner):
     return response.status_code == 200 and f"/user/{owner}/lab" in response.url and "JupyterLab" in response.text
