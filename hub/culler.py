@@ -1,9 +1,13 @@
 """jupyterhub-idle-culler as a hub-managed service with least-privilege scopes.
 
 The culler stops servers idle longer than `timeout`, so their Slurm jobs release GPUs even when
-a session's own idle shutdown did not fire (e.g. a browser tab kept polling).
+a session's own idle shutdown did not fire (e.g. a browser tab kept polling). It runs through
+this module (`python -m aifactory.hub.culler`), which ties it to the hub's life first: JupyterHub
+starts services in their own session, so a hub that died without its cleanup left the culler
+running for good (seen after a test run whose hub was stopped right after a restart).
 """
 
+import os
 import sys
 
 #: exactly what the culler needs: list users and their servers' activity, stop servers
@@ -18,7 +22,7 @@ def idle_culler_config(timeout=3600, cull_every=300, concurrency=10, name="idle-
     service = {
         "name": name,
         "command": [
-            sys.executable, "-m", "jupyterhub_idle_culler",
+            sys.executable, "-m", "aifactory.hub.culler",
             f"--timeout={timeout}", f"--cull-every={cull_every}", f"--concurrency={concurrency}",
         ],
     }
@@ -33,3 +37,27 @@ def add_idle_culler(c, **kwargs):
     c.JupyterHub.services.append(service)
     c.JupyterHub.load_roles.append(role)
     return service, role
+
+
+def main():
+    """jupyterhub-idle-culler's own main, ended with the hub that started it."""
+    from .procutil import die_with_parent
+
+    die_with_parent()  # first: the culler's imports take a while, and the hub may die meanwhile
+    if not _parent_is_a_hub():  # it died before we asked: nobody will send the signal
+        sys.exit("idle culler: the hub that started it is gone")
+    from jupyterhub_idle_culler import main as culler_main
+
+    culler_main()
+
+
+def _parent_is_a_hub():
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as cmdline:
+            return b"jupyterhub" in cmdline.read()
+    except OSError:
+        return True  # no /proc (not Linux): die_with_parent did nothing either
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.ioloop import IOLoop
 
+from .procutil import die_with_parent
 from .workshops import WorkshopError, WorkshopManager
 
 PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!doctype html>
@@ -203,4 +204,5 @@ async def serve():
 
 
 if __name__ == "__main__":
+    die_with_parent()  # the hub starts services in their own session: end with a hub killed without cleanup
     asyncio.run(serve())

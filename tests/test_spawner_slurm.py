@@ -229,5 +229,55 @@ def test_scancel_is_noticed_within_the_poll_interval_and_explained(hub, cluster)
 def test_idle_culler_runs_as_a_service_with_least_privilege(hub):
     service = hub.api("GET", "/services/idle-culler").json()
     assert service["roles"] == ["idle-culler-role"]
-    assert any("jupyterhub_idle_culler" in " ".join(p.info["cmdline"] or [])
-               for p in psutil.process_iter(["cmdline"]))
+    assert _cullers_of(hub)
+
+
+def test_idle_culler_ends_with_a_hub_killed_without_cleanup(cluster, tmp_path):
+    """The hub starts services in their own session: a SIGKILLed hub must not leave one behind."""
+    lab = SpawnerLab(tmp_path / "killed-hub", extra_config=HUB_CONFIG, env=cluster.env())
+    try:
+        lab.start()
+        culler = _wait_for(lambda: _cullers_of(lab), 30)
+        lab._hub.kill()
+        lab._hub.wait()
+        assert _wait_for(lambda: not _alive(culler), 30)
+    finally:
+        lab.stop()
+
+
+def _cullers_of(lab):
+    """The idle-culler processes talking to this lab's hub (found by its API URL)."""
+    api_url = f"JUPYTERHUB_API_URL=http://127.0.0.1:{lab.hub_port}/hub/api"
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "aifactory.hub.culler" in (proc.info["cmdline"] or []) and api_url in _environ_lines(proc):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _alive(procs):
+    alive = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def _environ_lines(proc):
+    return [f"{k}={v}" for k, v in proc.environ().items()]
+
+
+def _wait_for(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"condition not met within {timeout}s")
