@@ -5,27 +5,42 @@ VENV        ?= .venv
 # Debian's interpreter: jobs run as other Unix users, who cannot read a pyenv under /root.
 SYS_PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 PY          := $(VENV)/bin/python
-PIP         := $(PY) -m pip
-TORCH       ?= torch==2.13.0
-CHP_VERSION ?= 5
 STATE_DIR   ?=
 PORT        ?= 8000
 PYTEST_ARGS ?=
+# extra pip arguments for `make install`, e.g. where torch's CPU build comes from at a site:
+#   make install PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_ARGS    ?=
+# where `make lock` finds torch's CPU build: this machine's wheel folder, else PyTorch's CPU index
+LOCK_ARGS   ?= $(if $(wildcard /opt/wheels),--find-links=/opt/wheels,--extra-index-url=https://download.pytorch.org/whl/cpu --index-strategy=unsafe-best-match)
+LOCK_FILES  := lock/requirements.txt lock/constraints.txt lock/package.json lock/package-lock.json
 
 SYSTEM_PACKAGES := slurmctld slurmd slurm-client munge postgresql chromium fonts-dejavu-core git
 
-.PHONY: up test perf faults install sysdeps clean
+.PHONY: up test perf faults install lock lock-check sysdeps clean
 
+# Everything from the committed lock (lock/): exact versions, hash-checked; see README "The lock".
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml $(LOCK_FILES) Makefile
 	@test -d $(VENV) || $(SYS_PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[torch,test]'
-	@# configurable-http-proxy into a project-local prefix, never globally
-	npm install --silent --no-save --prefix $(VENV)/node configurable-http-proxy@$(CHP_VERSION)
+	$(PY) lock/lockfile.py check
+	$(PY) lock/lockfile.py install $(PIP_ARGS)
+	@# configurable-http-proxy from lock/package-lock.json, into a project-local prefix, never globally
+	@mkdir -p $(VENV)/node && cp lock/package.json lock/package-lock.json $(VENV)/node/
+	npm ci --silent --no-audit --no-fund --prefix $(VENV)/node
 	touch $@
+
+# Re-resolve pyproject.toml's ranges into lock/ (and the image specs' pins); commit the result.
+lock:
+	@test -d $(VENV) || $(SYS_PYTHON) -m venv $(VENV)
+	$(PY) lock/lockfile.py compile --python=$(SYS_PYTHON) $(LOCK_ARGS)
+	cd lock && npm install --package-lock-only --silent --no-audit --no-fund
+
+# The lock still answers pyproject.toml (CI runs it before every test run).
+lock-check:
+	@test -d $(VENV) || $(SYS_PYTHON) -m venv $(VENV)
+	$(PY) lock/lockfile.py check
 
 # System packages the tests use (Slurm, munge, PostgreSQL, Chromium); needs root.
 sysdeps: $(VENV)/.sysdeps
@@ -41,7 +56,7 @@ $(VENV)/.sysdeps: Makefile
 up: install
 	$(VENV)/bin/aif up $(if $(STATE_DIR),--state-dir $(STATE_DIR)) --port $(PORT)
 
-test: install sysdeps
+test: lock-check install sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 perf: install sysdeps
