@@ -1,0 +1,68 @@
+"""Every AIF_* environment variable the platform reads or writes, defined once.
+
+Code never spells an `AIF_...` name as a string literal: it imports the variable from here and
+uses `.name` to set it or `.get()` to read it, so a rename or a typo cannot split one setting
+into two. `REGISTRY` is what docs and `aif config` list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    help: str
+    #: who sets it: "operator" (a person, in the shell), "platform" (aif up / the hub), "session"
+    #: (the spawner, inside a user's server or job)
+    set_by: str
+
+    def get(self, default=None, environ=None):
+        value = (os.environ if environ is None else environ).get(self.name)
+        return default if value in (None, "") else value
+
+    def __str__(self):
+        return self.name
+
+
+REGISTRY: dict[str, EnvVar] = {}
+
+
+def _var(name, help, set_by):
+    var = EnvVar(name, help, set_by)
+    REGISTRY[name] = var
+    return var
+
+
+# -- the platform process tree (aif up -> hub -> services) ----------------------------------------
+STATE_DIR = _var("AIF_STATE_DIR", "The platform's state directory (databases, secrets, logs, runtime.json); "
+                 "also the default of every --state-dir option.", "operator")
+CONFIG_FILE = _var("AIF_CONFIG_FILE", "The traitlets configuration file the hub and its services load.", "platform")
+RUNTIME = _var("AIF_RUNTIME", "Path of runtime.json: the ports and URLs `aif up` chose, read by the hub's config.",
+               "platform")
+CHP = _var("AIF_CHP", "Path of the configurable-http-proxy executable to use instead of the project-local one.",
+           "operator")
+MLFLOW_BRIDGE_SECRET = _var("AIF_MLFLOW_BRIDGE_SECRET", "Per-start secret the MLflow service presents to its "
+                            "MLflow server, which refuses requests without it.", "platform")
+MLFLOW_BULK_INGEST = _var("AIF_MLFLOW_BULK_INGEST", "1 in the platform's MLflow server: a log-batch is inserted "
+                          "in one statement (hub tracking store plugin).", "platform")
+
+# -- the Slurm mini-cluster -----------------------------------------------------------------------
+CLUSTER_DIR = _var("AIF_CLUSTER_DIR", "State directory of the Slurm mini-cluster (`aif cluster`).", "operator")
+MINICLUSTER = _var("AIF_MINICLUSTER", "Marks the processes of a mini-cluster, so `aif cluster down` finds its "
+                   "own daemons only.", "platform")
+
+# -- inside a user's session or job ---------------------------------------------------------------
+SLURM_JOB_ID = _var("AIF_SLURM_JOB_ID", "The Slurm job a session runs in.", "session")
+SLURM_NODE = _var("AIF_SLURM_NODE", "The node a session runs on.", "session")
+GPUS = _var("AIF_GPUS", "The GPUs Slurm gave the session (CUDA_VISIBLE_DEVICES at start).", "session")
+WALLTIME_END = _var("AIF_WALLTIME_END", "When the session's walltime ends (UTC, ISO 8601).", "session")
+ENVIRONMENT = _var("AIF_ENVIRONMENT", "Name of the notebook environment (images/specs) a session runs in.", "session")
+ENVIRONMENT_VERSION = _var("AIF_ENVIRONMENT_VERSION", "Version of that environment's spec.", "session")
+ENVIRONMENT_DIGEST = _var("AIF_ENVIRONMENT_DIGEST", "First 16 hex digits of the spec's content digest.", "session")
+MLFLOW_BUFFERED_LOGGING = _var("AIF_MLFLOW_BUFFERED_LOGGING", "1 in sessions: MLflow metrics go through the "
+                               "session's batching tracking store (extensions).", "session")
+WORKER_PARENT = _var("AIF_WORKER_PARENT", "Pid of the kernel that started a notebook benchmark worker; the worker "
+                     "exits when that kernel is gone.", "session")
