@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from aifactory.benchmarks.config import BenchmarkConfig
+from aifactory.common.envvars import WORKER_PARENT
 
 # tqdm reads defaults from TQDM_* variables: the runner's bar then prints lines we can parse
 PROGRESS = re.compile(r"AIFPROGRESS (\d+)/(\d+)\|([^|]*)\|")
@@ -53,7 +54,7 @@ class BenchmarkJob:
         fd, self.config_path = tempfile.mkstemp(prefix="aif-bench-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.config.to_dict(), f)
-        env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1", "AIF_WORKER_PARENT": str(os.getpid())}
+        env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1", WORKER_PARENT.name: str(os.getpid())}
         self.proc = subprocess.Popen([sys.executable, "-m", "aifactory.extensions.worker", self.config_path],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),

@@ -21,6 +21,8 @@ import threading
 from typing import ClassVar
 
 from aifactory.benchmarks import runner
+from aifactory.common.envvars import WORKER_PARENT
+from aifactory.common.procutil import die_with_parent
 from aifactory.benchmarks.reporters import LocalWriter, MLflowReporter, read_marker
 
 CANCELLED_EXIT = 130
@@ -75,14 +77,7 @@ def _run(config, outcome):
 
 def _die_with_the_kernel():
     """A restarted or killed kernel must not leave a benchmark (and a RUNNING MLflow run) behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(os.environ.get("AIF_WORKER_PARENT", os.getppid())):
-        _cancel(signal.SIGTERM, None)  # the kernel died before prctl took effect
+    die_with_parent(WORKER_PARENT.get(os.getppid()))
 
 
 def main(path):

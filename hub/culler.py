@@ -41,7 +41,7 @@ def add_idle_culler(c, **kwargs):
 
 def main():
     """jupyterhub-idle-culler's own main, ended with the hub that started it."""
-    from .procutil import die_with_parent
+    from ..common.procutil import die_with_parent
 
     die_with_parent()  # first: the culler's imports take a while, and the hub may die meanwhile
     if not _parent_is_a_hub():  # it died before we asked: nobody will send the signal

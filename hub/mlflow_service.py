@@ -34,7 +34,7 @@ from tornado.ioloop import IOLoop
 
 from .mlflow_auth import SECRET_ENV, SECRET_HEADER, USER_HEADER
 from .mlflow_store import ENABLE_ENV as BULK_INGEST_ENV
-from .procutil import die_with_parent, stop_process_group
+from ..common.procutil import die_with_parent, stop_process_group
 
 log = logging.getLogger("aif.mlflow")
 

@@ -21,7 +21,7 @@ import requests
 from . import hubconfig
 from .auth import UsersFile
 from .config import ConfigError, build_platform_config, make_platform_settings
-from .procutil import die_with_parent, stop_process_group
+from ..common.procutil import die_with_parent, stop_process_group
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 

@@ -21,7 +21,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from .procutil import die_with_parent
+from ..common.procutil import die_with_parent
 from .workshops import WorkshopError, WorkshopManager
 
 PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!doctype html>
