@@ -15,7 +15,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from .config import AccuracyConfig
-from .errors import AccuracyError
+from .errors import AccuracyError, quoted
 from .layout import Metrics
 
 
@@ -35,7 +35,7 @@ def predict_all(backend, staged, n_samples, batch_size=256):
         except Exception as err:  # noqa: BLE001 - quote the framework's error under ours
             raise AccuracyError(f"backend {backend.label}: model failed on a batch of {len(batch)} samples "
                                 f"(a model exported with a fixed batch size cannot batch; set accuracy.batch_size: 1): "
-                                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                                f"{quoted(err)}") from err
     scores = np.concatenate(outputs).astype(np.float32)
     check_finite(scores, backend.label)
     return scores

@@ -9,6 +9,12 @@ type callers caught before the suite had a base of its own (ValueError, RuntimeE
 from aifactory.common.errors import AIFError
 
 
+def quoted(err, limit=500):
+    """`Type: first line` of a framework's exception, for quoting it inside one of ours."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 class BenchmarkError(AIFError):
     """A benchmark, a comparison or a report cannot go on; the message says what to fix."""
 

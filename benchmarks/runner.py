@@ -15,7 +15,7 @@ from . import accuracy as acc
 from .backends import backend_class, create_backend, preflight
 from .config import BenchmarkConfig
 from .data import Dataset, load_dataset
-from .errors import ModelError
+from .errors import ModelError, quoted
 from .fingerprint import collect, environment_name, hardware_tag
 from .layout import ACCURACY, OFFLINE, Artifacts, Metrics, Params, Tags
 from .models import load_model
@@ -201,7 +201,7 @@ def _probe(backend, staged, model):
         shape = tuple(staged.shape[1:])
         raise ModelError(f"{backend.where}: model {model.source} failed on one sample of shape {shape} "
                          f"({staged.dtype}); check model.input_shape / model.input_dtype: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                         f"{quoted(err)}") from err
     acc.check_finite(out, backend.label)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from contextlib import nullcontext
 
@@ -129,10 +128,9 @@ def _console(file=None, stderr=False):
 
 def _emit(text, output):
     if output:
-        tmp = f"{output}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, output)
+        from .report import write_atomic
+
+        write_atomic(output, text)
         click.echo(f"written to {output}", err=True)
     else:
         click.echo(text)

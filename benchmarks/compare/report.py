@@ -229,17 +229,17 @@ def write_reports(cmp: Comparison, out_dir, slos=(), baseline=None, sort_by=None
     paths = {}
     for entry in cmp.entries:
         path = os.path.join(out_dir, page_name(entry))
-        _write_atomic(path, render_model_report(cmp, entry, slos))
+        write_atomic(path, render_model_report(cmp, entry, slos))
         paths[entry.label] = path
     page_files = {label: os.path.basename(p) for label, p in paths.items()}
     comparison = os.path.join(out_dir, "comparison.html")
-    _write_atomic(comparison, render_comparison_report(cmp, slos, baseline, sort_by, page_files))
+    write_atomic(comparison, render_comparison_report(cmp, slos, baseline, sort_by, page_files))
     paths["comparison"] = comparison
     return paths
 
 
-def _write_atomic(path, text):
-    """No half-written report if rendering or the disk fails midway."""
+def write_atomic(path, text):
+    """No half-written page or table if rendering or the disk fails midway."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -59,19 +59,10 @@ def _set_path(config, dotted, value):
 
 
 def job_script(job_dir, count, name, partition, gpus, time_limit, cpus, mem, extra):
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=aif-bench-{name}", f"#SBATCH --output={job_dir}/slurm-%A_%a.out"]
-    if partition:
-        lines.append(f"#SBATCH --partition={partition}")
-    if gpus:
-        lines.append(f"#SBATCH --gres=gpu:{gpus}")
-    if time_limit:
-        lines.append(f"#SBATCH --time={time_limit}")
-    if cpus:
-        lines.append(f"#SBATCH --cpus-per-task={cpus}")
-    if mem:
-        lines.append(f"#SBATCH --mem={mem}")
-    if count > 1:
-        lines.append(f"#SBATCH --array=0-{count - 1}")
+    options = {"--job-name": f"aif-bench-{name}", "--output": f"{job_dir}/slurm-%A_%a.out",
+               "--partition": partition, "--gres": gpus and f"gpu:{gpus}", "--time": time_limit,
+               "--cpus-per-task": cpus, "--mem": mem, "--array": count > 1 and f"0-{count - 1}"}
+    lines = ["#!/bin/bash", *(f"#SBATCH {key}={value}" for key, value in options.items() if value)]
     lines += [f"#SBATCH {arg}" for arg in extra]
     command = shlex.join([sys.executable, "-m", JOB_ENTRY, "run"])
     lines += [

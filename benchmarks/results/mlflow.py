@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..config import DEFAULT_EXPERIMENT
-from ..errors import MLflowUnavailable, ServerUnreachable
+from ..errors import MLflowUnavailable, ServerUnreachable, quoted
 from ..layout import KIND_BENCHMARK, KIND_CHILD, Artifacts, Tags
 from ..result import BenchmarkResult, ChildResult
 from .base import Reporter
@@ -38,7 +38,7 @@ def probe(uri, timeout=5.0):
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout)
     except requests.RequestException as err:
-        raise ServerUnreachable(uri, f"{type(err).__name__}: {_first_line(err)}") from None
+        raise ServerUnreachable(uri, quoted(err)) from None
 
 
 class MLflowReporter(Reporter):
@@ -85,7 +85,7 @@ class MLflowReporter(Reporter):
             result.mlflow_run_id = self.parent_id
             return True
         except Exception as err:  # noqa: BLE001 - any MLflow failure means: keep results locally
-            self.error = f"MLflow at {self.tracking_uri} refused the run: {type(err).__name__}: {_first_line(err)}"
+            self.error = f"MLflow at {self.tracking_uri} refused the run: {quoted(err)}"
             return False
 
     def log_child(self, result: BenchmarkResult, child: ChildResult, results_dir: Path):
@@ -166,11 +166,6 @@ def parent_tags(result: BenchmarkResult):
         if fingerprint.get(key):
             tags[tag] = str(fingerprint[key])
     return tags
-
-
-def _first_line(err):
-    text = str(err).strip()
-    return text.splitlines()[0][:500] if text else ""
 
 
 def upload(results_dir, tracking_uri=None, experiment=None, force=False):
