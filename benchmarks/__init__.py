@@ -56,7 +56,7 @@ def __getattr__(name):
 
         return run_benchmark
     if name == "upload":
-        from .reporters import upload
+        from .results.mlflow import upload
 
         return upload
     raise AttributeError(name)

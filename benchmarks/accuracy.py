@@ -15,10 +15,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from .config import AccuracyConfig
-
-
-class AccuracyError(ValueError):
-    """Outputs that cannot be scored (NaN, wrong length); the message names the backend or field."""
+from .errors import AccuracyError, quoted
+from .layout import Metrics
 
 
 @dataclass
@@ -37,7 +35,7 @@ def predict_all(backend, staged, n_samples, batch_size=256):
         except Exception as err:  # noqa: BLE001 - quote the framework's error under ours
             raise AccuracyError(f"backend {backend.label}: model failed on a batch of {len(batch)} samples "
                                 f"(a model exported with a fixed batch size cannot batch; set accuracy.batch_size: 1): "
-                                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                                f"{quoted(err)}") from err
     scores = np.concatenate(outputs).astype(np.float32)
     check_finite(scores, backend.label)
     return scores
@@ -101,15 +99,15 @@ def regression_statistics(y_true, y_pred, axis=-1):
 
 
 CLASSIFICATION = {
-    "accuracy": skm.accuracy_score,
-    "f1_macro": lambda t, p: skm.f1_score(t, p, average="macro", zero_division=0),
-    "precision_macro": lambda t, p: skm.precision_score(t, p, average="macro", zero_division=0),
-    "recall_macro": lambda t, p: skm.recall_score(t, p, average="macro", zero_division=0),
+    Metrics.ACCURACY: skm.accuracy_score,
+    Metrics.F1_MACRO: lambda t, p: skm.f1_score(t, p, average="macro", zero_division=0),
+    Metrics.PRECISION_MACRO: lambda t, p: skm.precision_score(t, p, average="macro", zero_division=0),
+    Metrics.RECALL_MACRO: lambda t, p: skm.recall_score(t, p, average="macro", zero_division=0),
 }
 REGRESSION = {
-    "mae": skm.mean_absolute_error,
-    "rmse": lambda t, p: float(np.sqrt(skm.mean_squared_error(t, p))),
-    "r2": skm.r2_score,
+    Metrics.MAE: skm.mean_absolute_error,
+    Metrics.RMSE: lambda t, p: float(np.sqrt(skm.mean_squared_error(t, p))),
+    Metrics.R2: skm.r2_score,
 }
 
 
@@ -137,7 +135,7 @@ def score(y_true, y_pred, task, cfg: AccuracyConfig, label="backend"):
     out = {}
     for i, (name, point) in enumerate(table.items()):
         out[name] = float(point(y_true, y_pred))
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(low[i]), float(high[i])
+        out[Metrics.ci_low(name)], out[Metrics.ci_high(name)] = float(low[i]), float(high[i])
     return out
 
 
@@ -149,13 +147,14 @@ def agreement(reference_scores, scores, task, cfg: AccuracyConfig, label="backen
     ref = reference_scores.reshape(len(scores), -1).astype(np.float64)
     got = scores.reshape(len(scores), -1).astype(np.float64)
     per_sample_diff = np.abs(ref - got).max(axis=1)
-    out = {"agreement_max_abs_diff": float(per_sample_diff.max())}
-    out["agreement_max_abs_diff_ci_low"], out["agreement_max_abs_diff_ci_high"] = bootstrap_ci(
+    diff, top1 = Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.AGREEMENT_TOP1
+    out = {diff: float(per_sample_diff.max())}
+    out[Metrics.ci_low(diff)], out[Metrics.ci_high(diff)] = bootstrap_ci(
         (per_sample_diff,), lambda d, axis=-1: d.max(axis=axis), cfg, paired=False)
     if task == "classification":
         same = (to_predictions(reference_scores, task) == to_predictions(scores, task)).astype(np.float64)
-        out["agreement_top1"] = float(same.mean())
-        out["agreement_top1_ci_low"], out["agreement_top1_ci_high"] = bootstrap_ci(
+        out[top1] = float(same.mean())
+        out[Metrics.ci_low(top1)], out[Metrics.ci_high(top1)] = bootstrap_ci(
             (same,), lambda s, axis=-1: s.mean(axis=axis), cfg, paired=False)
     return out
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import yaml
 
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+from .errors import ConfigError
+from .layout import SCENARIOS
+
 PROFILES = ("quick", "full")
-BACKEND_KINDS = ("torch", "onnxruntime", "null")
 TORCH_MODES = ("eager", "compile")
 PRECISIONS = ("fp32", "fp16", "bf16")
 TASKS = ("auto", "classification", "regression", "none")
+DEFAULT_EXPERIMENT = "benchmarks"
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the field."""
+__all__ = ["AccuracyConfig", "BackendConfig", "BenchmarkConfig", "ConfigError", "DataConfig", "MLflowConfig",
+           "ModelConfig", "ScenarioConfig", "parse_backend_shorthand", "read_yaml"]
 
 
 @dataclass
@@ -76,8 +77,10 @@ class BackendConfig:
     model: str | None = None  # run this backend on another model file (e.g. a quantized export)
 
     def validate(self, where):
-        if self.kind not in BACKEND_KINDS:
-            raise ConfigError(f"{where}.kind: expected one of {', '.join(BACKEND_KINDS)}, got {self.kind!r}")
+        from .backends.registry import BACKENDS, backend_class
+
+        if self.kind not in BACKENDS:
+            raise ConfigError(f"{where}.kind: expected one of {', '.join(BACKENDS)}, got {self.kind!r}")
         if self.mode not in TORCH_MODES:
             raise ConfigError(f"{where}.mode: expected one of {', '.join(TORCH_MODES)}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
@@ -90,15 +93,14 @@ class BackendConfig:
             isinstance(self.providers, list) and all(isinstance(p, str) for p in self.providers)
         ):
             raise ConfigError(f"{where}.providers: expected a list of provider names, got {self.providers!r}")
+        backend_class(self.kind).validate_config(self, where)
 
     @property
     def label(self):
         """Short name used in tags and tables: torch:eager, onnxruntime:CPUExecutionProvider, ..."""
-        if self.kind == "torch":
-            return f"torch:{self.mode}" + ("+cudagraphs" if self.cuda_graphs else "")
-        if self.kind == "onnxruntime":
-            return f"onnxruntime:{(self.providers or ['auto'])[0]}"
-        return self.kind
+        from .backends.registry import backend_class
+
+        return backend_class(self.kind).config_label(self)
 
 
 @dataclass
@@ -164,7 +166,7 @@ class AccuracyConfig:
 class MLflowConfig:
     enabled: bool = True
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
-    experiment: str = "benchmarks"
+    experiment: str = DEFAULT_EXPERIMENT
     run_name: str | None = None
 
 
@@ -247,15 +249,9 @@ def _build(cls, data, prefix):
 
 def parse_backend_shorthand(text, where="backend"):
     """'torch:eager', 'torch:compile', 'onnxruntime', 'onnxruntime:CUDAExecutionProvider' -> dict."""
-    kind, _, rest = text.partition(":")
-    if kind == "torch":
-        return {"kind": "torch", "mode": rest or "eager"}
-    if kind in ("onnxruntime", "ort"):
-        return {"kind": "onnxruntime", "providers": [rest] if rest else None}
-    if kind == "null":
-        return {"kind": "null"}
-    raise ConfigError(f"{where}: unknown backend {text!r}; expected torch[:eager|compile], "
-                      "onnxruntime[:PROVIDER] or null")
+    from .backends.registry import parse_shorthand
+
+    return parse_shorthand(text, where)
 
 
 def _flatten(data, prefix=""):

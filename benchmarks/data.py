@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig
+from .errors import DataError
 
 SKLEARN_DATASETS = {
     # name -> (loader name, task)
@@ -18,10 +19,6 @@ SKLEARN_DATASETS = {
     "diabetes": ("load_diabetes", "regression"),
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-class DataError(ValueError):
-    """The dataset cannot be read or does not fit the model; the message names the file or field."""
 
 
 @dataclass

@@ -7,6 +7,10 @@ import platform
 import socket
 from importlib import metadata
 
+from aifactory.common.envvars import ENVIRONMENT, ENVIRONMENT_DIGEST, ENVIRONMENT_VERSION
+
+from .backends.devices import cuda_index
+
 
 def cpu_model():
     try:
@@ -75,7 +79,7 @@ def collect(config_dict=None):
         "slurm_node": os.environ.get("SLURMD_NODENAME"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "environment": environment_name(),
-        "environment_digest": os.environ.get("AIF_ENVIRONMENT_DIGEST"),
+        "environment_digest": ENVIRONMENT_DIGEST.get(),
         "environment_packages": environment_packages(),
         "config": config_dict,
     }
@@ -83,8 +87,7 @@ def collect(config_dict=None):
 
 def environment_name():
     """The notebook image's name and version when it sets them (images/ exports these)."""
-    name = os.environ.get("AIF_ENVIRONMENT")
-    version = os.environ.get("AIF_ENVIRONMENT_VERSION")
+    name, version = ENVIRONMENT.get(), ENVIRONMENT_VERSION.get()
     if name:
         return f"{name}:{version}" if version else name
     return f"python-{platform.python_version()}"
@@ -108,7 +111,7 @@ def environment_packages():
 def hardware_tag(device: str, fingerprint: dict):
     """`<device kind>:<device name>` as the MLflow layout wants it."""
     if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
+        index = cuda_index(device)
         names = fingerprint.get("gpu_names") or []
         name = names[index] if index < len(names) else "unknown GPU"
         return f"cuda:{name}"

@@ -15,12 +15,9 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig
+from .errors import ModelError
 
 ONNX_TO_NUMPY = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}
-
-
-class ModelError(ValueError):
-    """The model cannot be loaded or run; the message names the file or field."""
 
 
 @dataclass

@@ -10,6 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import ResultsError, ResultsNotFound
+from .layout import Artifacts, Metrics, Tags
+
 SCHEMA_VERSION = 1
 
 
@@ -56,13 +59,13 @@ class BenchmarkResult:
     def from_json(cls, path):
         path = Path(path)
         if path.is_dir():
-            path = path / "results.json"
+            path = path / Artifacts.RESULTS
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no results.json (a failed or unfinished benchmark writes none)") from None
+            raise ResultsNotFound(f"{path}: no {Artifacts.RESULTS} (a failed or unfinished benchmark writes none)") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from None
+            raise ResultsError(f"{path}: not valid JSON: {err}") from None
         return cls.from_dict(data, results_dir=path.parent)
 
     @classmethod
@@ -106,12 +109,12 @@ class BenchmarkResult:
             row = {"model": self.model, "dataset": self.dataset, "hardware": self.hardware,
                    "backend": child.backend, "precision": child.precision, "scenario": child.scenario,
                    "batch_size": child.batch_size,
-                   "result_valid": child.tags.get("aif.loadgen.result_valid")}
+                   "result_valid": child.tags.get(Tags.RESULT_VALID)}
             row.update(child.metrics)
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def plot(self, metric="latency_p90_ms", ax=None):
+    def plot(self, metric=Metrics.LATENCY_P90, ax=None):
         """Bar chart of one metric per (backend, scenario); returns the matplotlib Axes."""
         import matplotlib.pyplot as plt
 

@@ -1,26 +1,44 @@
-"""Orchestration: data + model -> per backend: accuracy, then LoadGen scenarios -> reporters."""
+"""Orchestration: data + model -> per backend: accuracy, then LoadGen scenarios -> writer and reporter.
+
+`run_benchmark` is the one entry (the CLI, `aifactory.benchmarks.run`, the notebook worker and
+Slurm jobs all call it). What a caller may want to see or change is a parameter, not a module
+global: the reporter (where results go besides the local directory), `on_started` (the run's
+handle, as soon as its local directory and MLflow run exist) and `on_progress`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from . import accuracy as acc
-from .backends import create_backend, cuda_available, preflight, resolve_device
+from .backends import backend_class, create_backend, preflight
 from .config import BenchmarkConfig
 from .data import Dataset, load_dataset
+from .errors import ModelError, quoted
 from .fingerprint import collect, environment_name, hardware_tag
-from .models import ModelError, load_model
-from .reporters import LocalWriter, MLflowReporter, write_marker
+from .layout import ACCURACY, OFFLINE, Artifacts, Metrics, Params, Tags
+from .models import load_model
 from .result import BenchmarkResult, ChildResult
+from .results.local import LocalWriter, write_marker
+from .results.mlflow import DISABLED, MLflowReporter
 from .scenarios import ScenarioRunner
 
 log = logging.getLogger(__name__)
 
+#: `reporter=` default: the MLflowReporter the config's `mlflow:` section asks for
+FROM_CONFIG = object()
 
-def run_benchmark(config: BenchmarkConfig, progress=True) -> BenchmarkResult:
-    """Run a whole benchmark; returns the result, or raises leaving nothing half-reported."""
+
+def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFIG, on_started=None,
+                  on_progress=None) -> BenchmarkResult:
+    """Run a whole benchmark; returns the result, or raises leaving nothing half-reported.
+
+    reporter: a `results.Reporter` (or None: local results only); default from `config.mlflow`.
+    on_started(run): called with the `BenchmarkRun` once its local directory and reporter run
+        exist (`run.reporter.parent_id` is the MLflow run; `run.abort(reason)` cancels cleanly).
+    on_progress(done, total, step): when a step (a backend's accuracy, a scenario) starts and ends.
+    """
     config.validate()
     dataset = load_dataset(config.data)
     model = load_model(config.model)
@@ -29,29 +47,31 @@ def run_benchmark(config: BenchmarkConfig, progress=True) -> BenchmarkResult:
         preflight(backend_cfg, kind, f"backends[{index}]")
     fingerprint = collect(config.to_dict())
     name = config.name or model.name
+    first = config.backends[0]
     result = BenchmarkResult(
         name=name, model=model.name, dataset=dataset.name, task=dataset.task,
-        hardware=hardware_tag(_planned_device(config.backends[0]), fingerprint),
+        hardware=hardware_tag(backend_class(first.kind).planned_device(first), fingerprint),
         environment=environment_name(), config=config.to_dict(), fingerprint=fingerprint,
         status="RUNNING", started=time.time())
     writer = LocalWriter(config.results_dir, name)
     result.command = writer.write_config(config)
-    reporter = None
-    if config.mlflow.enabled:
-        reporter = MLflowReporter(config.mlflow.tracking_uri, config.mlflow.experiment, config.mlflow.run_name)
-        if not reporter.start(result, config.flat_params()):
-            log.warning("%s; results kept in %s, push them later with `aif bench upload %s`",
-                        reporter.error, writer.final, writer.final)
-    bar = _progress_bar(config, dataset, progress)
+    if reporter is FROM_CONFIG:
+        reporter = MLflowReporter.from_config(config.mlflow)
+    if reporter is not None and not reporter.start(result, config.flat_params()):
+        log.warning("%s; results kept in %s, push them later with `aif bench upload %s`",
+                    reporter.error, writer.final, writer.final)
+    steps = Progress(_total_steps(config, dataset), progress, on_progress)
+    run = BenchmarkRun(config, dataset, model, result, writer, reporter, steps)
     try:
-        session = _Session(config, dataset, model, result, writer, reporter, bar)
+        if on_started is not None:
+            on_started(run)
         for index in range(len(config.backends)):
-            session.run_backend(index)
+            run.run_backend(index)
         result.status, result.finished = "FINISHED", time.time()
         final = writer.finish(result)
         if reporter is not None:
-            reporter.finish(result, final / "results.json")
-        write_marker(final, reporter)
+            reporter.finish(result, final / Artifacts.RESULTS)
+        write_marker(final, reporter.marker() if reporter is not None else DISABLED)
         return result
     except BaseException as err:
         writer.discard()
@@ -59,14 +79,22 @@ def run_benchmark(config: BenchmarkConfig, progress=True) -> BenchmarkResult:
             reporter.fail(err)
         raise
     finally:
-        bar.close()
+        steps.close()
 
 
-class _Session:
-    def __init__(self, config, dataset: Dataset, model, result, writer, reporter, bar):
+class BenchmarkRun:
+    """One benchmark in progress: its result so far, its local writer and its reporter."""
+
+    def __init__(self, config, dataset: Dataset, model, result, writer, reporter, steps):
         self.config, self.dataset, self.model, self.result = config, dataset, model, result
-        self.writer, self.reporter, self.bar = writer, reporter, bar
+        self.writer, self.reporter, self.steps = writer, reporter, steps
         self.reference_scores = None
+
+    def abort(self, reason):
+        """Cancel from outside (a signal handler): the reporter's run ends KILLED, no partial results."""
+        if self.reporter is not None:
+            self.reporter.abort(reason)
+        self.writer.discard()
 
     def run_backend(self, index):
         cfg = self.config.backends[index]
@@ -74,21 +102,20 @@ class _Session:
         model = load_model(self.config.model, cfg.model, where=f"{where}.model") if cfg.model else self.model
         backend = create_backend(cfg, model, where)
         try:
-            data = self.dataset.fit_to(model.input_shape, getattr(backend, "input_dtype", None) or model.input_dtype,
-                                       model.source)
+            data = self.dataset.fit_to(model.input_shape, backend.input_dtype or model.input_dtype, model.source)
             staged = backend.stage(data.x)
             _probe(backend, staged, model)
             params = self.config.flat_params(index)
-            common = {"aif.backend": backend.label, "aif.precision": cfg.precision,
-                      "aif.hardware": hardware_tag(backend.device, self.result.fingerprint)}
-            if self.config.accuracy.enabled and (data.y is not None or len(self.config.backends) > 1):
-                self._accuracy(backend, staged, data, params, common, index)
+            common = {Tags.BACKEND: backend.label, Tags.PRECISION: cfg.precision,
+                      Tags.HARDWARE: hardware_tag(backend.device, self.result.fingerprint)}
+            if _with_accuracy(self.config, data):
+                self._accuracy(backend, staged, data, params, common)
             self._scenarios(backend, staged, len(data), params, common)
         finally:
             backend.close()
 
-    def _accuracy(self, backend, staged, data, params, common, index):
-        self.bar.set_description(f"{backend.label}: accuracy")
+    def _accuracy(self, backend, staged, data, params, common):
+        self.steps.start(f"{backend.label}: accuracy")
         cfg = self.config.accuracy
         scores = acc.predict_all(backend, staged, len(data), cfg.batch_size)
         task = data.task
@@ -101,11 +128,11 @@ class _Session:
             metrics.update(acc.agreement(self.reference_scores, scores, task, cfg, backend.label))
         report = None
         if cfg.robustness and task == "classification":
-            self.bar.set_description(f"{backend.label}: robustness")
-            report, metrics["robustness_max_accuracy_drop"] = acc.robustness(backend, data.x, data.y, cfg,
-                                                                             metrics["accuracy"])
-        child = ChildResult(backend=backend.label, precision=backend.precision, scenario="Accuracy",
-                            metrics=metrics, params=params, tags={**common, "aif.scenario": "Accuracy"})
+            self.steps.start(f"{backend.label}: robustness")
+            report, metrics[Metrics.ROBUSTNESS_MAX_DROP] = acc.robustness(backend, data.x, data.y, cfg,
+                                                                          metrics[Metrics.ACCURACY])
+        child = ChildResult(backend=backend.label, precision=backend.precision, scenario=ACCURACY,
+                            metrics=metrics, params=params, tags={**common, Tags.SCENARIO: ACCURACY})
         self.writer.write_accuracy(child, scores, y_pred, data.y, robustness=report)
         self._add(child)
 
@@ -113,21 +140,20 @@ class _Session:
         scfg = self.config.scenario
         runner = ScenarioRunner(backend, staged, n_samples, scfg, self.writer.scratch / _safe(backend.label))
         for scenario in scfg.scenarios:
-            sizes = scfg.batch_sizes if scenario == "Offline" and scfg.batch_sizes else [None]
-            for size in sizes:
-                self.bar.set_description(f"{backend.label}: {scenario}" + (f" bs={size}" if size else ""))
+            for size in _batch_sizes(scfg, scenario):
+                self.steps.start(f"{backend.label}: {scenario}" + (f" bs={size}" if size else ""))
                 name = f"{scenario}-bs{size}" if size else scenario
                 run = runner.run(scenario, batch_size=size, name=name)
-                tags = {**common, "aif.scenario": scenario, "aif.loadgen.result_valid": run.validity,
-                        "aif.loadgen.early_stopping": run.early_stopping[:5000]}
+                tags = {**common, Tags.SCENARIO: scenario, Tags.RESULT_VALID: run.validity,
+                        Tags.EARLY_STOPPING: run.early_stopping[:5000]}
                 extra = {"loadgen": run.loadgen, "settings": run.settings}
                 if size:
-                    tags["aif.batch_size"] = str(size)
+                    tags[Tags.BATCH_SIZE] = str(size)
                     extra["sweep"] = True
                 if run.search:
                     extra["server_search"] = run.search
                 child = ChildResult(backend=backend.label, precision=backend.precision, scenario=scenario,
-                                    metrics=run.metrics, params={**params, "scenario.batch_size": run.batch_size},
+                                    metrics=run.metrics, params={**params, Params.BATCH_SIZE: run.batch_size},
                                     tags=tags, batch_size=run.batch_size, extra=extra)
                 self.writer.write_scenario(child, run)
                 self._add(child)
@@ -136,7 +162,35 @@ class _Session:
         self.result.children.append(child)
         if self.reporter is not None:
             self.reporter.log_child(self.result, child, self.writer.path)
+        self.steps.advance()
+
+
+class Progress:
+    """The run's steps, to a tqdm bar (when `bar`) and to an `on_progress(done, total, step)` callback."""
+
+    def __init__(self, total, bar=True, callback=None):
+        from tqdm.auto import tqdm
+
+        self.done, self.total, self.step = 0, total, "starting"
+        self.callback = callback
+        self.bar = tqdm(total=total, disable=not bar, unit="step", leave=True)
+
+    def start(self, step):
+        self.step = step
+        self.bar.set_description(step)
+        self._tell()
+
+    def advance(self):
+        self.done += 1
         self.bar.update(1)
+        self._tell()
+
+    def _tell(self):
+        if self.callback is not None:
+            self.callback(self.done, self.total, self.step)
+
+    def close(self):
+        self.bar.close()
 
 
 def _probe(backend, staged, model):
@@ -147,18 +201,23 @@ def _probe(backend, staged, model):
         shape = tuple(staged.shape[1:])
         raise ModelError(f"{backend.where}: model {model.source} failed on one sample of shape {shape} "
                          f"({staged.dtype}); check model.input_shape / model.input_dtype: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                         f"{quoted(err)}") from err
     acc.check_finite(out, backend.label)
 
 
-def _planned_device(cfg):
-    if cfg.kind == "onnxruntime":
-        gpu = any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in (cfg.providers or []))
-        return "cuda:0" if gpu or (cfg.providers is None and cfg.device != "cpu" and cuda_available()) else "cpu"
-    try:
-        return resolve_device(cfg.device, "backends[0]")
-    except ValueError:
-        return "cpu"
+def _with_accuracy(config, dataset):
+    """Accuracy is measured with labels, or (agreement only) when several backends can be compared."""
+    return config.accuracy.enabled and (dataset.y is not None or len(config.backends) > 1)
+
+
+def _batch_sizes(scenario_cfg, scenario):
+    """The Offline batch-size sweep's sizes; [None] (the scenario's own batch) otherwise."""
+    return scenario_cfg.batch_sizes if scenario == OFFLINE and scenario_cfg.batch_sizes else [None]
+
+
+def _total_steps(config, dataset):
+    per_backend = sum(len(_batch_sizes(config.scenario, s)) for s in config.scenario.scenarios)
+    return len(config.backends) * (per_backend + int(_with_accuracy(config, dataset)))
 
 
 def _model_kind(source):
@@ -167,17 +226,3 @@ def _model_kind(source):
 
 def _safe(label):
     return label.replace(":", "_").replace("/", "_")
-
-
-def _progress_bar(config, dataset, enabled):
-    from tqdm.auto import tqdm
-
-    scfg = config.scenario
-    per_backend = sum(len(scfg.batch_sizes) if s == "Offline" and scfg.batch_sizes else 1 for s in scfg.scenarios)
-    with_accuracy = config.accuracy.enabled and (dataset.y is not None or len(config.backends) > 1)
-    total = len(config.backends) * (per_backend + int(with_accuracy))
-    return tqdm(total=total, disable=not enabled, unit="step", leave=True)
-
-
-def default_results_dir():
-    return Path("aif-results")

@@ -12,6 +12,9 @@ import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends.devices import cuda_index
+from .layout import Metrics
+
 
 @dataclass
 class Measurements:
@@ -23,12 +26,12 @@ class Measurements:
     def metrics(self, samples_completed: int):
         out = {}
         if self.peak_host_mem_mb is not None:
-            out["peak_host_mem_mb"] = self.peak_host_mem_mb
+            out[Metrics.PEAK_HOST_MEM] = self.peak_host_mem_mb
         if self.peak_gpu_mem_mb is not None:
-            out["peak_gpu_mem_mb"] = self.peak_gpu_mem_mb
+            out[Metrics.PEAK_GPU_MEM] = self.peak_gpu_mem_mb
         if self.energy_j is not None and samples_completed > 0 and self.energy_j > 0:
-            out["energy_j_per_inference"] = self.energy_j / samples_completed
-            out["inferences_per_j"] = samples_completed / self.energy_j
+            out[Metrics.ENERGY_PER_INFERENCE] = self.energy_j / samples_completed
+            out[Metrics.INFERENCES_PER_J] = samples_completed / self.energy_j
         return out
 
 
@@ -78,7 +81,7 @@ def _physical_index(device):
     """NVML numbers all GPUs; CUDA numbers the visible ones. Map through CUDA_VISIBLE_DEVICES."""
     import os
 
-    index = int(device.split(":")[1]) if ":" in device else 0
+    index = cuda_index(device)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids = [v.strip() for v in visible.split(",") if v.strip()]
     if ids and index < len(ids) and ids[index].isdigit():

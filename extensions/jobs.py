@@ -17,12 +17,8 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
-from aifactory.benchmarks.config import BenchmarkConfig
+from aifactory.benchmarks import BenchmarkConfig
 from aifactory.common.envvars import WORKER_PARENT
-
-# tqdm reads defaults from TQDM_* variables: the runner's bar then prints lines we can parse
-PROGRESS = re.compile(r"AIFPROGRESS (\d+)/(\d+)\|([^|]*)\|")
-PROGRESS_ENV = {"TQDM_BAR_FORMAT": "AIFPROGRESS {n}/{total}|{desc}|\n", "TQDM_MININTERVAL": "0"}
 
 
 @dataclass
@@ -54,7 +50,7 @@ class BenchmarkJob:
         fd, self.config_path = tempfile.mkstemp(prefix="aif-bench-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.config.to_dict(), f)
-        env = {**os.environ, **PROGRESS_ENV, "PYTHONUNBUFFERED": "1", WORKER_PARENT.name: str(os.getpid())}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_PARENT.name: str(os.getpid())}
         self.proc = subprocess.Popen([sys.executable, "-m", "aifactory.extensions.worker", self.config_path],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
@@ -91,6 +87,9 @@ class BenchmarkJob:
             kind, _, payload = raw.decode(errors="replace").strip().partition(" ")
             if kind == "AIF_RUN":
                 self.state.mlflow_run_id = payload
+            elif kind == "AIF_PROGRESS":
+                progress = json.loads(payload)
+                self.state.done, self.state.total, self.state.step = progress["done"], progress["total"], progress["step"]
             elif kind == "AIF_RESULT":
                 self.state.outcome = json.loads(payload)
             elif kind == "AIF_ERROR":
@@ -102,7 +101,7 @@ class BenchmarkJob:
     def _read_stderr(self):
         buffer = ""
         while True:
-            chunk = os.read(self.proc.stderr.fileno(), 4096)  # whatever is there: progress must not wait
+            chunk = os.read(self.proc.stderr.fileno(), 4096)  # whatever is there: warnings must not wait
             if not chunk:
                 break
             buffer += chunk.decode(errors="replace")
@@ -111,11 +110,7 @@ class BenchmarkJob:
                 self._stderr_line(line)
 
     def _stderr_line(self, line):
-        match = PROGRESS.search(line)
-        if match:
-            self.state.done, self.state.total, self.state.step = int(match[1]), int(match[2]), match[3].strip(" :")
-            self._notify()
-        elif line.startswith("WARNING: "):
+        if line.startswith("WARNING: "):
             self.state.warnings.append(line[len("WARNING: "):])
             self._notify()
 

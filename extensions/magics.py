@@ -9,6 +9,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from aifactory.benchmarks.config import DEFAULT_EXPERIMENT
+
 from .session import session_info
 
 EXPORT_DIR = "aif-models"
@@ -41,12 +43,12 @@ class AIFMagics(Magics):
     @argument("--scenario", action="append", help="LoadGen scenario (repeatable; default SingleStream, Offline).")
     @argument("--device", default="auto", help="auto, cpu or cuda.")
     @argument("--profile", default="quick", help="quick or full.")
-    @argument("--experiment", default="benchmarks", help="MLflow experiment.")
+    @argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment.")
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating.")
     @cell_magic
     def aif_bench(self, line, cell):
         """Run the cell, then benchmark the torch model it defines (exported as TorchScript)."""
-        from .panels import BenchmarkPanel, error_box
+        from .panels import DEFAULT_SCENARIOS, BenchmarkPanel, error_box
 
         args = parse_argstring(self.aif_bench, line)
         before = dict(self.shell.user_ns)
@@ -54,7 +56,7 @@ class AIFMagics(Magics):
         if not result.success:
             return
         panel = BenchmarkPanel(data=args.data, label=args.label, backends=args.backend or ["torch:eager"],
-                               device=args.device, scenarios=args.scenario or ["SingleStream", "Offline"],
+                               device=args.device, scenarios=args.scenario or list(DEFAULT_SCENARIOS),
                                profile=args.profile, experiment=args.experiment)
         display(panel)
         self.shell.user_ns["aif_bench_panel"] = panel  # the last one: its job, result and run id

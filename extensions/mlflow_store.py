@@ -2,13 +2,13 @@
 
 Registered through MLflow's `mlflow.tracking_store` entry point. Where the platform's spawner
 sets AIF_MLFLOW_BUFFERED_LOGGING=1 (users' sessions, hub/spawner_env.py) it returns the buffering
-store of mlflow_logging.py; everywhere else MLflow's own RestStore. Kept free of imports at the
-top: MLflow loads its entry points while it is itself being imported.
+store of mlflow_logging.py; everywhere else MLflow's own RestStore. Kept free of MLflow imports at
+the top: MLflow loads its entry points while it is itself being imported.
 """
 
-import os
+from aifactory.common.envvars import MLFLOW_BUFFERED_LOGGING
 
-ENABLE_ENV = "AIF_MLFLOW_BUFFERED_LOGGING"
+ENABLE_ENV = MLFLOW_BUFFERED_LOGGING.name  # the name hub/spawner_env.py sets
 
 
 def tracking_store(store_uri, **_):
@@ -19,7 +19,7 @@ def tracking_store(store_uri, **_):
     from mlflow.utils.credentials import get_default_host_creds
 
     creds = partial(get_default_host_creds, store_uri)
-    if os.environ.get(ENABLE_ENV, "").lower() in ("1", "true", "yes"):
+    if (MLFLOW_BUFFERED_LOGGING.get() or "").lower() in ("1", "true", "yes"):
         from .mlflow_logging import BufferedRestStore
 
         return BufferedRestStore(creds)

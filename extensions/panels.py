@@ -10,15 +10,18 @@ from pathlib import Path
 
 import ipywidgets as w
 
+from aifactory.benchmarks.config import DEFAULT_EXPERIMENT
+from aifactory.benchmarks.layout import KIND_BENCHMARK, OFFLINE, SCENARIOS, SINGLE_STREAM, Artifacts, Metrics, Tags
+
 from .session import mlflow_link, session_info
 
 MODEL_SUFFIXES = (".onnx", ".pt", ".pt2")
 DATA_SUFFIXES = (".npz", ".csv", ".parquet")
 BUILTIN_DATA = ["sklearn:digits", "sklearn:breast_cancer", "sklearn:diabetes"]
-SCENARIOS = ["SingleStream", "MultiStream", "Server", "Offline"]
-TABLE_COLUMNS = ["backend", "scenario", "result_valid", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
-                 "throughput_samples_per_s", "server_max_valid_qps", "accuracy", "accuracy_ci_low",
-                 "accuracy_ci_high", "agreement_top1"]
+DEFAULT_SCENARIOS = (SINGLE_STREAM, OFFLINE)
+TABLE_COLUMNS = ["backend", "scenario", "result_valid", Metrics.LATENCY_P50, Metrics.LATENCY_P90, Metrics.LATENCY_P99,
+                 Metrics.THROUGHPUT, Metrics.SERVER_MAX_VALID_QPS, Metrics.ACCURACY, Metrics.ci_low(Metrics.ACCURACY),
+                 Metrics.ci_high(Metrics.ACCURACY), Metrics.AGREEMENT_TOP1]
 MAX_FILES_LISTED = 200
 
 
@@ -45,13 +48,14 @@ def files_under(home, suffixes, limit=MAX_FILES_LISTED):
 
 def registered_models(tracking_uri=None):
     """`models:/NAME/latest` for every registered model; raises with a clear message if unreachable."""
-    from aifactory.benchmarks.reporters import _probe
     from mlflow.tracking import MlflowClient
+
+    from aifactory.benchmarks.results import probe
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return []
-    _probe(uri)  # fail fast instead of MLflow's minutes of retries
+    probe(uri)  # fail fast instead of MLflow's minutes of retries
     return [f"models:/{m.name}/latest" for m in MlflowClient(uri).search_registered_models(max_results=200)]
 
 
@@ -59,8 +63,8 @@ class BenchmarkPanel(w.VBox):
     """Pick a model, dataset, backends, device and scenarios; Run, watch, read the results."""
 
     def __init__(self, model=None, data="sklearn:digits", label=None, backends=("onnxruntime",), device="auto",
-                 scenarios=("SingleStream", "Offline"), profile="quick", home=None, tracking_uri=None,
-                 experiment="benchmarks", results_dir="aif-results", **overrides):
+                 scenarios=DEFAULT_SCENARIOS, profile="quick", home=None, tracking_uri=None,
+                 experiment=DEFAULT_EXPERIMENT, results_dir="aif-results", **overrides):
         self.home = Path(home or os.getcwd())
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.experiment = experiment
@@ -76,7 +80,7 @@ class BenchmarkPanel(w.VBox):
         self.backends = w.SelectMultiple(options=["onnxruntime", "torch:eager", "torch:compile"],
                                          value=tuple(backends), description="Backends", rows=3)
         self.device = w.Dropdown(options=["auto", "cpu", "cuda"], value=device, description="Device")
-        self.scenarios = w.SelectMultiple(options=SCENARIOS, value=tuple(scenarios), description="Scenarios", rows=4)
+        self.scenarios = w.SelectMultiple(options=list(SCENARIOS), value=tuple(scenarios), description="Scenarios", rows=4)
         self.profile = w.ToggleButtons(options=["quick", "full"], value=profile, description="Profile")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
@@ -215,7 +219,7 @@ class BenchmarkPanel(w.VBox):
     def _histogram_path(result):
         for child in result.children:
             for rel in child.artifacts:
-                if rel.endswith("latency_histogram.png"):
+                if rel.endswith(Artifacts.LATENCY_HISTOGRAM):
                     return Path(result.results_dir) / rel
         return None
 
@@ -231,7 +235,7 @@ class BenchmarkPanel(w.VBox):
 class ComparePanel(w.VBox):
     """Pick benchmark runs from MLflow; see the leaderboard and the Pareto plot inline."""
 
-    def __init__(self, experiments=("benchmarks",), tracking_uri=None, max_runs=200):
+    def __init__(self, experiments=(DEFAULT_EXPERIMENT,), tracking_uri=None, max_runs=200):
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.max_runs = max_runs
         self.experiments = w.Text(value=",".join(experiments), description="Experiments")
@@ -261,17 +265,14 @@ class ComparePanel(w.VBox):
             self.message.value = error_box(f"cannot list runs from MLflow at {self.tracking_uri}: {err}")
 
     def _list_runs(self):
-        from aifactory.benchmarks.reporters import _probe
         from mlflow.tracking import MlflowClient
 
-        if not self.tracking_uri:
-            raise ValueError("no tracking URI (MLFLOW_TRACKING_URI is not set)")
-        _probe(self.tracking_uri)
+        self._check_reachable()
         client = MlflowClient(self.tracking_uri)
         ids = [e.experiment_id for e in map(client.get_experiment_by_name, self._experiment_names()) if e]
         if not ids:
             return []
-        runs = client.search_runs(ids, "tags.`aif.kind` = 'benchmark'", max_results=self.max_runs,
+        runs = client.search_runs(ids, f"tags.`{Tags.KIND}` = '{KIND_BENCHMARK}'", max_results=self.max_runs,
                                   order_by=["attributes.start_time DESC"])
         return [(_run_label(r), r.info.run_id) for r in runs]
 
@@ -295,16 +296,16 @@ class ComparePanel(w.VBox):
             self.message.value = error_box(str(err))
 
     def _check_reachable(self):
-        from aifactory.benchmarks.reporters import _probe
+        from aifactory.benchmarks.results import probe
 
         if not self.tracking_uri:
             raise ValueError("no tracking URI (MLFLOW_TRACKING_URI is not set)")
-        _probe(self.tracking_uri)
+        probe(self.tracking_uri)
 
 
 def _run_label(run):
     tags = run.data.tags
-    return f"{tags.get('aif.model', '?')} · {tags.get('aif.hardware', '?')} · {run.info.run_name} ({run.info.status})"
+    return f"{tags.get(Tags.MODEL, '?')} · {tags.get(Tags.HARDWARE, '?')} · {run.info.run_name} ({run.info.status})"
 
 
 class SessionPanel(w.VBox):

@@ -12,19 +12,21 @@ import os
 import shutil
 import subprocess
 
+from aifactory.common.envvars import GPUS, SLURM_JOB_ID, SLURM_NODE, WALLTIME_END
+
 GPU_QUERY = "index,name,utilization.gpu,memory.used,memory.total"
 
 
 def session_info(env=None, now=None) -> dict:
     """The session as a JSON-ready dict; fields that do not apply are None."""
     env = os.environ if env is None else env
-    end = _parse_time(env.get("AIF_WALLTIME_END"))
+    end = _parse_time(WALLTIME_END.get(environ=env))
     now = now or dt.datetime.now(dt.timezone.utc)
     return {
         "user": env.get("JUPYTERHUB_USER"),
         "server_name": env.get("JUPYTERHUB_SERVER_NAME") or "",
-        "slurm_job_id": env.get("AIF_SLURM_JOB_ID") or env.get("SLURM_JOB_ID"),
-        "node": env.get("AIF_SLURM_NODE") or env.get("SLURMD_NODENAME"),
+        "slurm_job_id": SLURM_JOB_ID.get(environ=env) or env.get("SLURM_JOB_ID"),
+        "node": SLURM_NODE.get(environ=env) or env.get("SLURMD_NODENAME"),
         "partition": env.get("SLURM_JOB_PARTITION"),
         "gpus": _gpu_ids(env),
         "gpu_stats": gpu_stats(env),
@@ -36,7 +38,7 @@ def session_info(env=None, now=None) -> dict:
 
 
 def _gpu_ids(env):
-    visible = env.get("AIF_GPUS") or env.get("CUDA_VISIBLE_DEVICES") or ""
+    visible = GPUS.get(environ=env) or env.get("CUDA_VISIBLE_DEVICES") or ""
     return [g for g in visible.split(",") if g.strip()]
 
 

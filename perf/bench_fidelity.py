@@ -37,10 +37,12 @@ import mlperf_loadgen as lg
 import numpy as np
 import torch
 import torch.utils.benchmark as tbench
-from aifactory.benchmarks.backends import TorchBackend
+from aifactory.benchmarks.backends.pytorch import TorchBackend
 from aifactory.benchmarks.config import BackendConfig, ModelConfig, ScenarioConfig
 from aifactory.benchmarks.models import load_model
+from aifactory.benchmarks.layout import SINGLE_STREAM, Artifacts, Metrics
 from aifactory.benchmarks.scenarios import ScenarioRunner, read_detail_log
+from aifactory.benchmarks.scenarios.loadgen import log_settings, test_settings
 from scipy import stats
 
 MODELS = ["image_cnn", "mlp_512", "mlp_1024"]
@@ -85,18 +87,9 @@ def bare_loadgen_p50_us(module, views, settings, log_dir):
         response.id = ids[0]
         lg.QuerySamplesComplete(responses)
 
-    test = lg.TestSettings()
-    test.scenario = lg.TestScenario.SingleStream
-    test.mode = lg.TestMode.PerformanceOnly
-    for key, value in settings.items():
-        setattr(test, key, value)
     os.makedirs(log_dir)
-    output = lg.LogOutputSettings()
-    output.outdir = log_dir
-    output.copy_summary_to_stdout = False
-    log = lg.LogSettings()
-    log.log_output = output
-    log.enable_trace = False
+    # the same TestSettings/LogSettings the suite builds (outside the timed queries)
+    test, log = test_settings(SINGLE_STREAM, settings), log_settings(log_dir)
     sut = lg.ConstructFastSUT(issue, lambda: None)
     qsl = lg.ConstructQSL(len(views), len(views), lambda s: None, lambda s: None)
     try:
@@ -104,7 +97,7 @@ def bare_loadgen_p50_us(module, views, settings, log_dir):
     finally:
         lg.DestroyQSL(qsl)
         lg.DestroyFastSUT(sut)
-    return read_detail_log(f"{log_dir}/mlperf_log_detail.txt")["result_50.00_percentile_latency_ns"] / 1e3
+    return read_detail_log(f"{log_dir}/{Artifacts.LOADGEN_DETAIL}")["result_50.00_percentile_latency_ns"] / 1e3
 
 
 class ThreadCpuClock:
@@ -128,7 +121,7 @@ def suite_cpu_us(runner, name):
     clock = ThreadCpuClock(backend.infer)
     backend.infer = clock  # the SUT binds backend.infer when LoadGen starts
     try:
-        run = runner.run("SingleStream", name=name)
+        run = runner.run(SINGLE_STREAM, name=name)
     finally:
         del backend.infer
     return statistics.median(clock.inside_ns[-run.samples_completed:]) / 1e3
@@ -163,11 +156,11 @@ def measure(name, rounds, seconds, tmp):
     views = [staged[i:i + 1] for i in range(N_SAMPLES)]
     samples = random_samples(views, seed=1)
     # one runner: its calibration (LoadGen's expected latency) is made once, not per round
-    cfg = ScenarioConfig(scenarios=["SingleStream"], min_duration_s=seconds, min_query_count=MIN_QUERIES, warmup_s=0.1)
+    cfg = ScenarioConfig(scenarios=[SINGLE_STREAM], min_duration_s=seconds, min_query_count=MIN_QUERIES, warmup_s=0.1)
     runner = ScenarioRunner(backend, staged, N_SAMPLES, cfg, f"{tmp}/{name}")
     settings = loadgen_settings(seconds, runner.single_latency_s)
     sides = {
-        "suite": lambda i: runner.run("SingleStream", name=f"r{i}").metrics["latency_p50_ms"] * 1e3,
+        "suite": lambda i: runner.run(SINGLE_STREAM, name=f"r{i}").metrics[Metrics.LATENCY_P50] * 1e3,
         "reference": lambda i: reference_median_us(backend.module, samples, seconds),
         "bare_loadgen": lambda i: bare_loadgen_p50_us(backend.module, views, settings, f"{tmp}/{name}/bare{i}"),
         "suite_cpu": lambda i: suite_cpu_us(runner, f"cpu{i}"),

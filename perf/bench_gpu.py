@@ -34,8 +34,9 @@ def matmul_peak_tflops(torch, n=8192, iterations=50):
 
 
 def offline_tflops(width, depth, batch, seconds, log_root):
-    from aifactory.benchmarks.backends import TorchBackend
+    from aifactory.benchmarks.backends.pytorch import TorchBackend
     from aifactory.benchmarks.config import BackendConfig, ModelConfig, ScenarioConfig
+    from aifactory.benchmarks.layout import OFFLINE, Metrics
     from aifactory.benchmarks.models import load_model
     from aifactory.benchmarks.reference import matmul_mlp
     from aifactory.benchmarks.scenarios import ScenarioRunner
@@ -48,16 +49,17 @@ def offline_tflops(width, depth, batch, seconds, log_root):
     staged = backend.stage(data)
     runner = ScenarioRunner(backend, staged, len(data), ScenarioConfig(min_duration_s=seconds, warmup_s=0.5,
                                                                         offline_batch_size=batch), log_root)
-    run = runner.run("Offline")
+    run = runner.run(OFFLINE)
     backend.close()
-    samples_per_s = run.metrics["throughput_samples_per_s"]
+    samples_per_s = run.metrics[Metrics.THROUGHPUT]
     return samples_per_s, samples_per_s * 2 * depth * width**2 / 1e12, run
 
 
 def single_stream_p50_us(cuda_graphs, seconds, log_root):
-    from aifactory.benchmarks.backends import TorchBackend
+    from aifactory.benchmarks.backends.pytorch import TorchBackend
     from aifactory.benchmarks.config import BackendConfig, DataConfig, ModelConfig, ScenarioConfig
     from aifactory.benchmarks.data import load_dataset
+    from aifactory.benchmarks.layout import SINGLE_STREAM, Metrics
     from aifactory.benchmarks.models import load_model
     from aifactory.benchmarks.scenarios import ScenarioRunner
 
@@ -67,9 +69,9 @@ def single_stream_p50_us(cuda_graphs, seconds, log_root):
     data = load_dataset(DataConfig(source="sklearn:digits"))
     staged = backend.stage(data.x)
     runner = ScenarioRunner(backend, staged, len(data), ScenarioConfig(min_duration_s=seconds, warmup_s=0.5), log_root)
-    run = runner.run("SingleStream", name=f"graphs-{cuda_graphs}")
+    run = runner.run(SINGLE_STREAM, name=f"graphs-{cuda_graphs}")
     backend.close()
-    return run.metrics["latency_p50_ms"] * 1e3, run
+    return run.metrics[Metrics.LATENCY_P50] * 1e3, run
 
 
 def main():

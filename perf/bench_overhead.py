@@ -17,10 +17,12 @@ from pathlib import Path
 import mlperf_loadgen as lg
 import numpy as np
 
-from aifactory.benchmarks.backends import NullBackend
+from aifactory.benchmarks.backends.null import NullBackend
 from aifactory.benchmarks.config import BackendConfig, ScenarioConfig
+from aifactory.benchmarks.layout import SINGLE_STREAM, Artifacts
 from aifactory.benchmarks.models import LoadedModel
 from aifactory.benchmarks.scenarios import ScenarioRunner, read_detail_log
+from aifactory.benchmarks.scenarios.loadgen import log_settings, test_settings
 
 N_SAMPLES = 1024
 
@@ -43,30 +45,21 @@ def bare_loadgen(data, seconds, log_dir):
         response.id = ids[0]
         lg.QuerySamplesComplete(responses)
 
-    test = lg.TestSettings()
-    test.scenario = lg.TestScenario.SingleStream
-    test.mode = lg.TestMode.PerformanceOnly
-    for key, value in settings(seconds).items():
-        setattr(test, key, value)
-    output = lg.LogOutputSettings()
-    output.outdir = str(log_dir)
-    output.copy_summary_to_stdout = False
-    log = lg.LogSettings()
-    log.log_output = output
-    log.enable_trace = False
+    # the same TestSettings/LogSettings the suite builds (outside the timed queries)
+    test, log = test_settings(SINGLE_STREAM, settings(seconds)), log_settings(log_dir)
     sut = lg.ConstructFastSUT(issue, lambda: None)
     qsl = lg.ConstructQSL(N_SAMPLES, N_SAMPLES, lambda s: None, lambda s: None)
     lg.StartTestWithLogSettings(sut, qsl, test, log)
     lg.DestroyQSL(qsl)
     lg.DestroyFastSUT(sut)
-    return read_detail_log(Path(log_dir) / "mlperf_log_detail.txt")
+    return read_detail_log(Path(log_dir) / Artifacts.LOADGEN_DETAIL)
 
 
 def through_suite(data, seconds, log_root):
     backend = NullBackend(BackendConfig(kind="null"), LoadedModel("null", "torch_module", "null", None), "backends[0]")
-    cfg = ScenarioConfig(scenarios=["SingleStream"], warmup_s=0.05)
+    cfg = ScenarioConfig(scenarios=[SINGLE_STREAM], warmup_s=0.05)
     runner = ScenarioRunner(backend, backend.stage(data), N_SAMPLES, cfg, log_root)
-    run = runner._execute("SingleStream", settings(seconds), 1, "SingleStream", f"suite-{id(runner)}")
+    run = runner._execute(SINGLE_STREAM, settings(seconds), 1, SINGLE_STREAM, f"suite-{id(runner)}")
     return run.loadgen
 
 

@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare_fixtures as cf  # noqa: E402
+from aifactory.benchmarks import testing as cf
+from aifactory.benchmarks.layout import OFFLINE, SINGLE_STREAM, Metrics
 
 EXPERIMENT = "perf"
 
@@ -41,11 +41,10 @@ def synthetic_result(i, rng):
     y_pred = np.where(rng.random(n) < acc, y_true, (y_true + 1) % 10)
     scores = rng.random((n, 10)).astype(np.float32)
     base = 1e-3 * (0.5 + 4 * rng.random())
-    latencies = {"SingleStream": rng.lognormal(np.log(base), 0.3, 200),
-                 "Offline": np.array([base * n / 8])}
+    latencies = {SINGLE_STREAM: rng.lognormal(np.log(base), 0.3, 200), OFFLINE: np.array([base * n / 8])}
     return cf.ModelResult(model=f"model-{i % 20:02d}", y_true=y_true, y_pred=y_pred, scores=scores,
                           latencies_s=latencies, backend=["onnxruntime:CPUExecutionProvider", "torch:eager"][i % 2],
-                          extra_metrics={s: {"peak_host_mem_mb": 200 + 50 * rng.random()} for s in latencies})
+                          extra_metrics={s: {Metrics.PEAK_HOST_MEM: 200 + 50 * rng.random()} for s in latencies})
 
 
 def populate(uri, count, workers=4):

@@ -14,9 +14,10 @@ from jupyter_client.manager import start_new_kernel
 PROBES = 30
 START_BENCH = """
 from aifactory.extensions import BenchmarkPanel
+from aifactory.benchmarks.layout import OFFLINE, SINGLE_STREAM
 from aifactory.benchmarks.reference import MODELS_DIR
 import tempfile
-panel = BenchmarkPanel(model=str(MODELS_DIR / "digits_mlp.onnx"), scenarios=["SingleStream", "Offline"],
+panel = BenchmarkPanel(model=str(MODELS_DIR / "digits_mlp.onnx"), scenarios=[SINGLE_STREAM, OFFLINE],
                        home=tempfile.mkdtemp(), tracking_uri="", scenario={"min_duration_s": 5})
 job = panel.run()
 """

@@ -1,6 +1,6 @@
 """Attack cases: corrupt model files never crash the process, a kernel or the hub.
 
-The suite's reference models (benchmarks/models: ONNX, TorchScript, torch.export) are damaged
+The suite's reference models (benchmarks/reference/models: ONNX, TorchScript, torch.export) are damaged
 in a few hundred seeded ways (truncation, bit flips, random bytes, damaged zip structure and
 members for the torch archives, damaged protobuf fields for ONNX, external data pointing
 outside the model's folder) and each goes through the suite's real path: `load_model`, the
@@ -183,11 +183,10 @@ def mutations_for(suffix):
 
 def try_model(path, dataset):
     """'refused' (the suite's error naming the file), 'ran', or 'unclear: ...' for anything else."""
-    from aifactory.benchmarks.accuracy import AccuracyError
     from aifactory.benchmarks.backends import create_backend
     from aifactory.benchmarks.config import BackendConfig, ModelConfig
-    from aifactory.benchmarks.data import DataError
-    from aifactory.benchmarks.models import ModelError, load_model
+    from aifactory.benchmarks.errors import AccuracyError, DataError, ModelError
+    from aifactory.benchmarks.models import load_model
     from aifactory.benchmarks.runner import _probe
 
     try:
@@ -258,7 +257,8 @@ LOAD_CORRUPT = """
 import tempfile
 from pathlib import Path
 from aifactory.benchmarks.config import ModelConfig
-from aifactory.benchmarks.models import ModelError, load_model
+from aifactory.benchmarks.errors import ModelError
+from aifactory.benchmarks.models import load_model
 from aifactory.benchmarks.reference import MODELS_DIR
 
 folder = Path(tempfile.mkdtemp(prefix="aif-corrupt-"))

@@ -3,10 +3,10 @@
 import json
 
 import yaml
-from bench_fixtures import tiny_config
 from click.testing import CliRunner
 
 from aifactory.benchmarks import BenchmarkConfig, run
+from aifactory.benchmarks.testing import tiny_config
 from aifactory.hub.cli import main
 
 

@@ -2,17 +2,17 @@
 
 import numpy as np
 import pytest
-from bench_fixtures import REFERENCE_MODELS, tiny_config
 from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 
 from aifactory.benchmarks import accuracy as acc
 from aifactory.benchmarks import run
-from aifactory.benchmarks.backends import BackendError, create_backend
-from aifactory.benchmarks.config import (AccuracyConfig, BackendConfig, BenchmarkConfig, ConfigError, DataConfig,
-                                         ModelConfig)
-from aifactory.benchmarks.data import DataError, load_dataset
-from aifactory.benchmarks.models import ModelError, load_model
+from aifactory.benchmarks.backends import create_backend
+from aifactory.benchmarks.config import AccuracyConfig, BackendConfig, BenchmarkConfig, DataConfig, ModelConfig
+from aifactory.benchmarks.data import load_dataset
+from aifactory.benchmarks.errors import AccuracyError, BackendError, ConfigError, DataError, ModelError
+from aifactory.benchmarks.models import load_model
+from aifactory.benchmarks.testing import REFERENCE_MODELS, tiny_config
 
 DIGITS = load_dataset(DataConfig(source="sklearn:digits"))
 
@@ -247,11 +247,11 @@ def test_regression_metrics_on_the_diabetes_model(tmp_path):
 
 def test_label_prediction_mismatch_and_nan_outputs_are_refused():
     cfg = AccuracyConfig(bootstrap_resamples=50)
-    with pytest.raises(acc.AccuracyError, match="data.label: 10 labels but backend torch:eager produced 9 predictions"):
+    with pytest.raises(AccuracyError, match="data.label: 10 labels but backend torch:eager produced 9 predictions"):
         acc.score(np.zeros(10, int), np.zeros(9, int), "classification", cfg, "torch:eager")
     scores = np.ones((5, 3), np.float32)
     scores[3, 1] = np.nan
-    with pytest.raises(acc.AccuracyError, match="backend b: model produced NaN/inf outputs for 1 of 5 samples "
+    with pytest.raises(AccuracyError, match="backend b: model produced NaN/inf outputs for 1 of 5 samples "
                                                 r"\(first at sample 3\)"):
         acc.check_finite(scores, "b")
 

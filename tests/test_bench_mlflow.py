@@ -5,14 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench_fixtures import tiny_config
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from aifactory.benchmarks import BenchmarkResult
 from aifactory.benchmarks.config import BenchmarkConfig
-from aifactory.benchmarks.models import ModelError
+from aifactory.benchmarks.errors import ModelError
 from aifactory.benchmarks.runner import run_benchmark
+from aifactory.benchmarks.testing import tiny_config
+from aifactory.common.net import free_port
 from aifactory.hub.cli import main
 
 PARENT_TAGS = {"aif.kind", "aif.model", "aif.dataset", "aif.task", "aif.hardware", "aif.environment"}
@@ -151,8 +152,6 @@ def test_failed_benchmark_marks_runs_failed_and_keeps_no_result(mlflow_server, t
 
 
 def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, tmp_path):
-    from conftest import free_port
-
     dead = f"http://127.0.0.1:{free_port()}"
     results = tmp_path / "results"
     config = tiny_config(results, mlflow={"enabled": True, "tracking_uri": dead, "experiment": "bench-upload"})
@@ -178,8 +177,6 @@ def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, 
 
 
 def test_upload_to_a_dead_server_fails_clearly(tmp_path):
-    from conftest import free_port
-
     config = tiny_config(tmp_path / "results")
     result = run_benchmark(BenchmarkConfig.from_dict(config), progress=False)
     dead = f"http://127.0.0.1:{free_port()}"

@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import requests
-from bench_fixtures import tiny_config
 from platform_fixtures import unique_user
 
 from aifactory.benchmarks.config import BenchmarkConfig
-from aifactory.benchmarks.reporters import read_marker
+from aifactory.benchmarks.results import read_marker
 from aifactory.benchmarks.runner import run_benchmark
+from aifactory.benchmarks.testing import tiny_config
 
 
 def _search(platform, token, experiment_name):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench_fixtures import tiny_config
 
 from aifactory.benchmarks import BenchmarkResult, run
-from aifactory.benchmarks.scenarios import ScenarioError
+from aifactory.benchmarks.errors import ScenarioError
+from aifactory.benchmarks.testing import tiny_config
 
 PERCENTILE_KEYS = {"latency_p50_ms": "50.00", "latency_p90_ms": "90.00", "latency_p95_ms": "95.00",
                    "latency_p99_ms": "99.00"}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bench_fixtures import tiny_config
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from aifactory.benchmarks.testing import tiny_config
 from aifactory.hub.cli import main
 from conftest import require, require_binary, require_root
 

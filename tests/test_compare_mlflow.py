@@ -5,9 +5,7 @@ bundled digits dataset, real predictions and really measured per-query latencies
 """
 
 import dataclasses
-import os
 import re
-import sys
 
 import numpy as np
 import pandas as pd
@@ -20,12 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from statsmodels.stats.contingency_tables import mcnemar
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "perf"))
-import compare_fixtures as cf  # noqa: E402
-
-from aifactory.benchmarks import pareto  # noqa: E402
-from aifactory.benchmarks.compare import EmptySelection, compare  # noqa: E402
-from aifactory.hub.cli import main  # noqa: E402
+from aifactory.benchmarks import testing as cf
+from aifactory.benchmarks.compare import EmptySelection, compare, pareto
+from aifactory.hub.cli import main
 
 EXPERIMENT = "issue5-bench"
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 
-from aifactory.benchmarks import pareto, stats
-from aifactory.benchmarks.compare import parse_tags
-from aifactory.benchmarks.report import parse_slo
+from aifactory.benchmarks import stats
+from aifactory.benchmarks.compare import pareto, parse_tags
+from aifactory.benchmarks.compare.slo import parse_slo
 
 
 def test_pareto_set_on_constructed_example():

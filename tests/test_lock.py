@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def test_the_committed_lock_is_up_to_date_with_pyproject():
 
 def test_the_venv_holds_exactly_the_locked_versions(lockfile):
     pins = lockfile.read_pins()
-    installed = {lockfile.canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # the venv's own site-packages: once setuptools is imported in this process (torch.compile
+    # does), its vendored copies (setuptools/_vendor: zipp, jaraco, ...) are on sys.path too
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {lockfile.canonical(d.metadata["Name"]): d.version for d in metadata.distributions(path=site)}
     assert installed.pop("aifactory-lab") == metadata.version("aifactory-lab")
     assert installed == pins
     assert run_lockfile("verify").returncode == 0

@@ -1,13 +1,10 @@
-"""`make perf`'s summary table (perf/perf_table.py) from a sample report: no components run."""
+"""`make perf`'s summary table (perf/perf_table.py) from a sample report: no components run.
 
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+perf/ is a folder of scripts, importable here through pytest's `pythonpath` (pyproject.toml).
+"""
 
 import perf_table
+import pytest
 from run_all import last_json, merged
 
 MACHINE = {"cpu_model": "AMD EPYC", "cores": 2, "memory_gib": 24, "gpu": "no GPU"}

@@ -16,11 +16,12 @@ from mlflow.tracking import MlflowClient
 from conftest import require, require_binary
 
 from aifactory.benchmarks.compare import compare
-from aifactory.benchmarks.report import evaluate_slo, log_reports, parse_slo, readiness, write_reports
+from aifactory.benchmarks.compare.report import log_reports, write_reports
+from aifactory.benchmarks.compare.slo import evaluate_slo, parse_slo, readiness
+from aifactory.benchmarks.reference import MODELS_DIR
 from aifactory.hub.cli import main
 
 EXPERIMENT = "issue5-report"
-MODELS_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "models"
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
 REFERENCE_MODELS = ("digits_mlp", "digits_cnn")
 SLOS = ["p99 <= 50 ms in SingleStream", "accuracy >= 99.9%", "p99 <= 15 ms at 200 QPS"]

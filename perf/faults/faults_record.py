@@ -46,7 +46,7 @@ What these scenarios found, fixed before the figures above were taken:
 - MLflow killed mid-benchmark: with the client's default retries the benchmark waits out the
   restart (the hub restarts its managed service) and logs live; without retries it keeps the
   result locally and `aif bench upload` sends it, which now also marks the half-logged run
-  FAILED instead of leaving it RUNNING forever (benchmarks/reporters.py).
+  FAILED instead of leaving it RUNNING forever (benchmarks/results/mlflow.py).
 """
 
 

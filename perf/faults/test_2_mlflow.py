@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import yaml
-from aifactory.benchmarks.reporters import read_marker
 from aifactory.benchmarks.result import BenchmarkResult
-from bench_fixtures import tiny_config
+from aifactory.benchmarks.results import read_marker
+from aifactory.benchmarks.testing import tiny_config
 from conftest import USERS
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.store.tracking.rest_store import RestStore

@@ -1,12 +1,13 @@
-"""Shared by tests/test_compare*.py, tests/test_report*.py and perf/compare_runs.py.
+"""Test helpers of the benchmark suite, shared by tests/ and perf/ (import them; never edit sys.path).
 
-- `mlflow_server(tmpdir)`: a real `mlflow server` (SQLite + served artifacts) on a free port,
-  stopped (process group) on exit.
+- `mlflow_server(workdir)`: a real `mlflow server` (SQLite + served artifacts) on a free port,
+  stopped (process group) on exit; tests/bench_fixtures.py wraps it as the `mlflow_server` fixture.
+- `tiny_config(results_dir, **sections)`: a benchmark config of the shipped digits MLP, small
+  enough for a test (`REFERENCE_MODELS` is where the shipped models are).
 - `log_benchmark(...)`: writes one benchmark laid out as docs/mlflow-layout.md says (parent
   run, one child per scenario, an Accuracy child with predictions.npz), from given data.
 - `measure_sklearn_model(...)`: real predictions and real per-query latencies of a scikit-learn
-  classifier on the bundled digits dataset, to feed `log_benchmark` before the benchmark suite's
-  own runs are used.
+  classifier on the bundled digits dataset, to feed `log_benchmark` without the suite's own runs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,25 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aifactory.common.net import free_port
+from aifactory.common.procutil import stop_process_group
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .fingerprint import cpu_model
+from .layout import (ACCURACY, KIND_BENCHMARK, KIND_CHILD, LATENCY_PERCENTILES, OFFLINE, SINGLE_STREAM, Artifacts,
+                     Metrics, Tags)
+from .reference import MODELS_DIR as REFERENCE_MODELS
 
-
-HARDWARE = f"cpu:{_cpu_model()}"  # the layout's fingerprint of this machine
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HARDWARE = f"cpu:{cpu_model()}"  # the layout's fingerprint of this machine
 
 
 @contextlib.contextmanager
@@ -51,7 +40,7 @@ def mlflow_server(workdir, startup_timeout=180):
     """Yield the tracking URI of a fresh MLflow server under `workdir`; always stop it."""
     import requests
 
-    port = _free_port()
+    port = free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     log = open(os.path.join(workdir, "mlflow-server.log"), "wb")
     proc = subprocess.Popen(
@@ -78,14 +67,28 @@ def mlflow_server(workdir, startup_timeout=180):
             time.sleep(0.3)
         yield uri
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)  # a throwaway server: no need for its slow graceful shutdown
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=5)  # a throwaway server: no need for its slow graceful shutdown
         log.close()
+
+
+def tiny_config(results_dir, **sections):
+    """A quick-profile config of the digits MLP, with durations cut to fractions of a second."""
+    config = {
+        "model": {"path": str(REFERENCE_MODELS / "digits_mlp.onnx")},
+        "data": {"source": "sklearn:digits"},
+        "backends": [{"kind": "onnxruntime", "threads": 1}],
+        "scenario": {"profile": "quick", "min_duration_s": 0.2, "min_query_count": 64, "warmup_s": 0.05,
+                     "scenarios": [SINGLE_STREAM]},
+        "accuracy": {"bootstrap_resamples": 200},
+        "mlflow": {"enabled": False},
+        "results_dir": str(results_dir),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
 
 
 @dataclass
@@ -116,20 +119,20 @@ def accuracy_metrics(y_true, y_pred) -> dict:
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
     metrics = {
-        "accuracy": accuracy_score(y_true, y_pred),
-        "f1_macro": f1_score(y_true, y_pred, average="macro"),
-        "precision_macro": precision_score(y_true, y_pred, average="macro", zero_division=0),
-        "recall_macro": recall_score(y_true, y_pred, average="macro", zero_division=0),
+        Metrics.ACCURACY: accuracy_score(y_true, y_pred),
+        Metrics.F1_MACRO: f1_score(y_true, y_pred, average="macro"),
+        Metrics.PRECISION_MACRO: precision_score(y_true, y_pred, average="macro", zero_division=0),
+        Metrics.RECALL_MACRO: recall_score(y_true, y_pred, average="macro", zero_division=0),
     }
     low, high = _bootstrap_ci(np.asarray(y_true) == np.asarray(y_pred))
-    metrics.update(accuracy_ci_low=low, accuracy_ci_high=high)
+    metrics[Metrics.ci_low(Metrics.ACCURACY)], metrics[Metrics.ci_high(Metrics.ACCURACY)] = low, high
     return {k: float(v) for k, v in metrics.items()}
 
 
 def latency_metrics(latencies_s) -> dict:
     ms = np.asarray(latencies_s) * 1e3
-    out = {f"latency_p{p}_ms": float(np.percentile(ms, p)) for p in (50, 90, 95, 99)}
-    out.update(latency_mean_ms=float(ms.mean()), latency_max_ms=float(ms.max()))
+    out = {Metrics.latency(p): float(np.percentile(ms, int(p[1:]))) for p in LATENCY_PERCENTILES}
+    out.update({Metrics.LATENCY_MEAN: float(ms.mean()), Metrics.LATENCY_MAX: float(ms.max())})
     return out
 
 
@@ -147,58 +150,53 @@ def log_benchmark(client, experiment_id, result: ModelResult, *, dataset="sklear
     With `parent_id` (and `reference`, the first backend's result) it adds another backend's
     children to an existing benchmark instead.
     """
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    from mlflow.entities import Metric, Param
 
     hardware = hardware or HARDWARE
-    common = {"aif.model": result.model, "aif.dataset": dataset, "aif.task": "classification",
-              "aif.hardware": hardware, "aif.environment": "test"}
+    common = {Tags.MODEL: result.model, Tags.DATASET: dataset, Tags.TASK: "classification",
+              Tags.HARDWARE: hardware, Tags.ENVIRONMENT: "test"}
     command = command or f"aif bench run --model {result.model} --dataset {dataset}"
     now = int(time.time() * 1000)
     acc = accuracy_metrics(result.y_true, result.y_pred)
     if reference is not None:
-        acc["agreement_top1"] = float(np.mean(reference.y_pred == result.y_pred))
-        acc["agreement_max_abs_diff"] = float(np.max(np.abs(reference.scores - result.scores)))
-
-    def tags(d):
-        return [RunTag(k, str(v)) for k, v in d.items()]
+        acc[Metrics.AGREEMENT_TOP1] = float(np.mean(reference.y_pred == result.y_pred))
+        acc[Metrics.AGREEMENT_MAX_ABS_DIFF] = float(np.max(np.abs(reference.scores - result.scores)))
 
     pid = parent_id
     if pid is None:
         parent = client.create_run(experiment_id, run_name=result.model,
-                                   tags={**common, "aif.kind": "benchmark", "aif.command": command})
+                                   tags={**common, Tags.KIND: KIND_BENCHMARK, Tags.COMMAND: command})
         pid = parent.info.run_id
         client.log_batch(pid, metrics=[Metric(k, v, now, 0) for k, v in acc.items()],
                          params=[Param("model.name", result.model), Param("dataset.name", dataset)])
-    child_base = {**common, "aif.kind": "benchmark.child", "aif.backend": result.backend,
-                  "aif.precision": result.precision, MLFLOW_PARENT_RUN_ID: pid}
+    child_base = {**common, Tags.KIND: KIND_CHILD, Tags.BACKEND: result.backend,
+                  Tags.PRECISION: result.precision, Tags.PARENT_RUN_ID: pid}
     with tempfile.TemporaryDirectory() as tmp:
-        acc_run = client.create_run(experiment_id, run_name=f"{result.model}/{result.backend}/Accuracy",
-                                    tags={**child_base, "aif.scenario": "Accuracy"})
+        acc_run = client.create_run(experiment_id, run_name=f"{result.model}/{result.backend}/{ACCURACY}",
+                                    tags={**child_base, Tags.SCENARIO: ACCURACY})
         acc_metrics = dict(acc)
         if result.robustness:
-            acc_metrics["robustness_max_accuracy_drop"] = max(
+            acc_metrics[Metrics.ROBUSTNESS_MAX_DROP] = max(
                 lv["accuracy_drop"] for lv in result.robustness["levels"])
         client.log_batch(acc_run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in acc_metrics.items()])
         if with_artifacts:
-            _log_arrays(client, acc_run.info.run_id, "predictions.npz", lambda p: np.savez_compressed(
+            _log_arrays(client, acc_run.info.run_id, Artifacts.PREDICTIONS, lambda p: np.savez_compressed(
                 p, y_true=result.y_true, y_pred=result.y_pred, scores=result.scores.astype(np.float32),
                 sample_index=np.arange(len(result.y_pred))), tmp)
             if result.robustness:
-                _log_arrays(client, acc_run.info.run_id, "robustness.json", lambda p: open(p, "w").write(
+                _log_arrays(client, acc_run.info.run_id, Artifacts.ROBUSTNESS, lambda p: open(p, "w").write(
                     json.dumps(result.robustness)), tmp)
         client.set_terminated(acc_run.info.run_id)
         children = {}
         for scenario, lat in result.latencies_s.items():
             run = client.create_run(experiment_id, run_name=f"{result.model}/{result.backend}/{scenario}",
-                                    tags={**child_base, "aif.scenario": scenario,
-                                          "aif.loadgen.result_valid": "VALID"})
+                                    tags={**child_base, Tags.SCENARIO: scenario, Tags.RESULT_VALID: "VALID"})
             metrics = latency_metrics(lat)
-            metrics["throughput_samples_per_s"] = result.throughput.get(scenario, len(lat) / float(np.sum(lat)))
+            metrics[Metrics.THROUGHPUT] = result.throughput.get(scenario, len(lat) / float(np.sum(lat)))
             metrics.update(result.extra_metrics.get(scenario, {}))
             client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
             if with_artifacts:
-                _log_arrays(client, run.info.run_id, "latencies.npy",
+                _log_arrays(client, run.info.run_id, Artifacts.LATENCIES,
                             lambda p, lat=lat: np.save(p, np.asarray(lat, dtype=np.float64)), tmp)
             client.set_terminated(run.info.run_id)
             children[scenario] = metrics
@@ -207,7 +205,7 @@ def log_benchmark(client, experiment_id, result: ModelResult, *, dataset="sklear
                        "fingerprint": {"hardware": hardware, "python": platform.python_version(),
                                        "platform": platform.platform(), "numpy": np.__version__},
                        "accuracy": acc, "scenarios": children}
-            _log_arrays(client, pid, "results.json", lambda p: open(p, "w").write(json.dumps(results)), tmp)
+            _log_arrays(client, pid, Artifacts.RESULTS, lambda p: open(p, "w").write(json.dumps(results)), tmp)
     if parent_id is None:
         client.set_terminated(pid)
     return pid
@@ -262,9 +260,9 @@ def measure_sklearn_model(name, estimator, split, *, queries=200, noise_levels=(
         levels.append({"level": level, "accuracy": acc, "accuracy_drop": clean - acc})
     return ModelResult(
         model=name, y_true=y_test, y_pred=y_pred, scores=scores,
-        latencies_s={"SingleStream": np.array(single), "Offline": offline_lat},
-        throughput={"Offline": len(x_test) / offline_s},
-        extra_metrics={s: {"peak_host_mem_mb": _rss_mb()} for s in ("SingleStream", "Offline")},
+        latencies_s={SINGLE_STREAM: np.array(single), OFFLINE: offline_lat},
+        throughput={OFFLINE: len(x_test) / offline_s},
+        extra_metrics={s: {Metrics.PEAK_HOST_MEM: _rss_mb()} for s in (SINGLE_STREAM, OFFLINE)},
         robustness={"perturbation": "gaussian_noise", "relative_to": "feature_std", "levels": levels},
         backend=backend, precision="fp64" if dtype == np.float64 else "fp32",
     )

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..layout import Metrics
+
 PARETO_COLOR = "#1f77b4"
 DOMINATED_COLOR = "#b0b0b0"
 
@@ -40,7 +42,7 @@ def pareto_mask(cost, benefit) -> np.ndarray:
     return mask
 
 
-def pareto_front(frame: pd.DataFrame, x: str, y: str = "accuracy", group: str = "hardware") -> pd.DataFrame:
+def pareto_front(frame: pd.DataFrame, x: str, y: str = Metrics.ACCURACY, group: str = "hardware") -> pd.DataFrame:
     """Copy of `frame` with a boolean `pareto` column, computed within each `group`."""
     out = frame.copy()
     out["pareto"] = False
@@ -128,3 +130,12 @@ def plot_html(front: pd.DataFrame, x: str, y: str, *, group: str = "hardware", t
     """Self-contained HTML (plotly.js inlined, so it works with no network)."""
     fig = plot_figure(front, x, y, group=group, title=title)
     return fig.to_html(full_html=full_html, include_plotlyjs=include_plotlyjs)
+
+
+def write_plot(front: pd.DataFrame, x: str, y: str, path, *, group: str = "group"):
+    """The front as PNG (path ends in .png) or as interactive self-contained HTML."""
+    if str(path).endswith(".png"):
+        plot_png(front, x, y, path, group=group)
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(plot_html(front, x, y, group=group, title=f"{y} vs {x}"))

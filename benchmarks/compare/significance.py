@@ -1,0 +1,90 @@
+"""Significance of differences between compared entries, from the raw data the suite stores.
+
+Latency: a bootstrap CI of the percentile difference and a Mann-Whitney p per common scenario,
+from each scenario child's latencies.npy. Accuracy: McNemar on the paired per-sample correctness
+of predictions.npz. The tests themselves are in ..stats; this module pairs the entries, skips
+what cannot be compared (different hardware or datasets, missing artifacts) and says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..layout import SCENARIOS, Artifacts, Tags
+
+SIGNIFICANCE_COLUMNS = ["baseline", "model", "test", "baseline_value", "value", "difference", "ci_low", "ci_high",
+                        "pvalue", "method", "verdict", "regression"]
+
+
+def significance_table(cmp, baseline=None, *, percentile=99, alpha=0.05, n_resamples=1000) -> pd.DataFrame:
+    """One row per test of every other entry against `baseline` (default: the leaderboard's first)."""
+    if not cmp.entries:
+        return pd.DataFrame()
+    base = cmp.entry(baseline) if baseline else cmp.leader()
+    rows = []
+    for other in cmp.entries:
+        if other is base:
+            continue
+        rows += _latency_tests(cmp, base, other, percentile, alpha, n_resamples)
+        rows += _accuracy_tests(cmp, base, other, alpha)
+    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+
+
+def _latency_tests(cmp, base, other, percentile, alpha, n_resamples):
+    rows = []
+    if base.tag(Tags.HARDWARE) != other.tag(Tags.HARDWARE):
+        cmp.note(other.label, f"latency not compared with baseline {base.label}: different hardware")
+        return rows
+    for scenario in SCENARIOS:
+        if scenario not in base.scenario_runs or scenario not in other.scenario_runs:
+            continue
+        a, b = cmp.latencies(base, scenario), cmp.latencies(other, scenario)
+        if a is None or b is None:
+            missing = base.label if a is None else other.label
+            cmp.note(missing, f"{scenario}: no {Artifacts.LATENCIES} artifact; latency significance skipped")
+            continue
+        if min(a.size, b.size) < 2:
+            # LoadGen's Offline issues every sample as one query: a single latency, no distribution
+            cmp.note(other.label, f"{scenario}: {Artifacts.LATENCIES} holds {min(a.size, b.size)} query; "
+                     "no latency distribution to test (compare throughput instead)", "info")
+            continue
+        try:
+            result = stats.compare_latency(a, b, percentile, alpha=alpha, n_resamples=n_resamples)
+        except ValueError as err:
+            cmp.note(other.label, f"{scenario}: {err}")
+            continue
+        rows.append({
+            "baseline": base.label, "model": other.label, "test": f"latency p{percentile:g} {scenario}",
+            "baseline_value": result.a_ms, "value": result.b_ms, "difference": result.diff_ms,
+            "ci_low": result.ci_low_ms, "ci_high": result.ci_high_ms, "pvalue": result.mannwhitney_p,
+            "method": "bootstrap CI of percentile difference; Mann-Whitney U p",
+            "verdict": result.verdict, "regression": result.verdict == "slower",
+        })
+    return rows
+
+
+def _accuracy_tests(cmp, base, other, alpha):
+    if base.tag(Tags.DATASET) != other.tag(Tags.DATASET):
+        cmp.note(other.label, f"accuracy not compared with baseline {base.label}: different datasets")
+        return []
+    pa, pb = cmp.predictions(base), cmp.predictions(other)
+    if pa is None or pb is None:
+        missing = base.label if pa is None else other.label
+        cmp.note(missing, f"no {Artifacts.PREDICTIONS} artifact; McNemar test skipped")
+        return []
+    try:
+        y_true, ya, yb = stats.align_predictions(pa, pb)
+        result = stats.compare_accuracy(y_true, ya, yb, alpha=alpha)
+    except ValueError as err:
+        cmp.note(other.label, str(err))
+        return []
+    return [{
+        "baseline": base.label, "model": other.label, "test": "accuracy (McNemar)",
+        "baseline_value": result.accuracy_a, "value": result.accuracy_b,
+        "difference": result.accuracy_b - result.accuracy_a, "ci_low": np.nan, "ci_high": np.nan,
+        "pvalue": result.pvalue, "method": f"McNemar ({'exact' if result.exact else 'chi-square'}), "
+                                          f"table {result.table}",
+        "verdict": result.verdict, "regression": result.verdict == "less accurate",
+    }]

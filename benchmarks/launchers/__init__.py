@@ -1,0 +1,1 @@
+"""Launchers: where a benchmark runs besides this process. slurm.py: `aif bench submit`, sweeps as job arrays."""

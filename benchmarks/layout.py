@@ -1,0 +1,122 @@
+"""The benchmark suite's vocabulary, defined once: scenario names, MLflow tags, metrics, artifacts.
+
+docs/mlflow-layout.md is the contract between the suite (which writes runs) and comparisons and
+reports (which read them); these constants are that contract in code. Every module that writes
+or reads a tag, a metric, an artifact or a scenario name imports it from here, so a rename is
+one edit and a typo is an AttributeError instead of a silently empty column
+(tests/test_bench_structure.py checks that each name here is the one the doc promises).
+"""
+
+# -- LoadGen scenarios, in MLPerf's order (the order of tables and plots) ------------------------
+SINGLE_STREAM = "SingleStream"
+MULTI_STREAM = "MultiStream"
+SERVER = "Server"
+OFFLINE = "Offline"
+SCENARIOS = (SINGLE_STREAM, MULTI_STREAM, SERVER, OFFLINE)
+#: the `aif.scenario` of the child run that holds a backend's accuracy (not a LoadGen scenario)
+ACCURACY = "Accuracy"
+
+# -- run kinds (tag aif.kind) -----------------------------------------------------------------
+KIND_BENCHMARK = "benchmark"  # the parent run of one `aif bench run`
+KIND_CHILD = "benchmark.child"  # one (backend, scenario) of it
+KIND_COMPARISON = "comparison"  # a run of its own that holds `aif report`'s pages
+
+
+class Tags:
+    """MLflow run tags (docs/mlflow-layout.md, "Runs")."""
+
+    KIND = "aif.kind"
+    MODEL = "aif.model"
+    DATASET = "aif.dataset"
+    TASK = "aif.task"
+    HARDWARE = "aif.hardware"
+    ENVIRONMENT = "aif.environment"
+    COMMAND = "aif.command"
+    BACKEND = "aif.backend"
+    PRECISION = "aif.precision"
+    SCENARIO = "aif.scenario"
+    RESULT_VALID = "aif.loadgen.result_valid"
+    EARLY_STOPPING = "aif.loadgen.early_stopping"
+    BATCH_SIZE = "aif.batch_size"
+    SLURM_JOB_ID = "aif.slurm.job_id"
+    SLURM_ARRAY_JOB_ID = "aif.slurm.array_job_id"
+    SLURM_ARRAY_TASK_ID = "aif.slurm.array_task_id"
+    SLURM_NODE = "aif.slurm.node"
+    ERROR = "aif.error"
+    # on a comparison run
+    COMPARED_RUNS = "aif.compared_runs"
+    COMPARED_MODELS = "aif.models"
+    # MLflow's own: how a nested run names its parent
+    PARENT_RUN_ID = "mlflow.parentRunId"
+
+
+class Metrics:
+    """Metric names (docs/mlflow-layout.md, "Metrics"); latencies in ms, per child run."""
+
+    LATENCY_P50 = "latency_p50_ms"
+    LATENCY_P90 = "latency_p90_ms"
+    LATENCY_P95 = "latency_p95_ms"
+    LATENCY_P99 = "latency_p99_ms"
+    LATENCY_MEAN = "latency_mean_ms"
+    LATENCY_MAX = "latency_max_ms"
+    THROUGHPUT = "throughput_samples_per_s"
+    SERVER_TARGET_QPS = "server_target_qps"
+    SERVER_MAX_VALID_QPS = "server_max_valid_qps"
+    LOADGEN_QUERY_COUNT = "loadgen_query_count"
+    PEAK_HOST_MEM = "peak_host_mem_mb"
+    PEAK_GPU_MEM = "peak_gpu_mem_mb"
+    ENERGY_PER_INFERENCE = "energy_j_per_inference"
+    INFERENCES_PER_J = "inferences_per_j"
+    # accuracy, on each backend's Accuracy child (and the reference backend's on the parent)
+    ACCURACY = "accuracy"
+    F1_MACRO = "f1_macro"
+    PRECISION_MACRO = "precision_macro"
+    RECALL_MACRO = "recall_macro"
+    MAE = "mae"
+    RMSE = "rmse"
+    R2 = "r2"
+    AGREEMENT_TOP1 = "agreement_top1"
+    AGREEMENT_MAX_ABS_DIFF = "agreement_max_abs_diff"
+    ROBUSTNESS_MAX_DROP = "robustness_max_accuracy_drop"
+
+    CLASSIFICATION = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
+    REGRESSION = (R2, MAE, RMSE)
+
+    @staticmethod
+    def latency(statistic):
+        """`latency_<statistic>_ms` for p50, p90, p95, p99, mean or max."""
+        return f"latency_{statistic}_ms"
+
+    @staticmethod
+    def ci_low(metric):
+        return f"{metric}_ci_low"
+
+    @staticmethod
+    def ci_high(metric):
+        return f"{metric}_ci_high"
+
+
+#: the percentiles LoadGen's detail log reports and the suite logs, as `latency_<p>_ms`
+LATENCY_PERCENTILES = ("p50", "p90", "p95", "p99")
+
+
+class Artifacts:
+    """Artifact paths (docs/mlflow-layout.md, "Artifacts"), relative to their run."""
+
+    RESULTS = "results.json"  # parent
+    CONFIG = "config.yaml"  # beside results.json in the local directory
+    LATENCIES = "latencies.npy"  # scenario child
+    LATENCY_HISTOGRAM = "latency_histogram.png"  # scenario child
+    LOADGEN_DIR = "loadgen"  # scenario child: LoadGen's own logs
+    LOADGEN_SUMMARY = "mlperf_log_summary.txt"
+    LOADGEN_DETAIL = "mlperf_log_detail.txt"
+    PREDICTIONS = "predictions.npz"  # accuracy child
+    ROBUSTNESS = "robustness.json"  # accuracy child, optional
+    REPORTS_DIR = "reports"  # `aif report` pages
+
+
+class Params:
+    """Params the readers look up by name (all params are the flattened config, `section.key`)."""
+
+    BATCH_SIZE = "scenario.batch_size"
+    SERVER_TARGET_QPS = "scenario.server_target_qps"
