@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from aifactory.hub.cluster import MiniCluster
-from aifactory.hub.spawner_lab import VENV, SpawnerLab
+from aifactory.hub.testing.spawner_lab import VENV, SpawnerLab
 
 HERE = Path(__file__).resolve().parent
 USERS = [f"aifperf{i:02d}" for i in range(50)]

@@ -151,7 +151,7 @@ def test_failed_benchmark_marks_runs_failed_and_keeps_no_result(mlflow_server, t
 
 
 def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, tmp_path):
-    from conftest import free_port
+    from aifactory.common.net import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     results = tmp_path / "results"
@@ -178,7 +178,7 @@ def test_unreachable_mlflow_keeps_results_and_upload_pushes_them(mlflow_server, 
 
 
 def test_upload_to_a_dead_server_fails_clearly(tmp_path):
-    from conftest import free_port
+    from aifactory.common.net import free_port
 
     config = tiny_config(tmp_path / "results")
     result = run_benchmark(BenchmarkConfig.from_dict(config), progress=False)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import requests
 from bench_fixtures import tiny_config
-from platform_fixtures import unique_user
+from aifactory.hub.testing.platform import unique_user
 
 from aifactory.benchmarks.config import BenchmarkConfig
 from aifactory.benchmarks.reporters import read_marker

@@ -17,9 +17,9 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from aifactory.hub.spawner_lab import SpawnerLab
+from aifactory.hub.testing.spawner_lab import SpawnerLab
 from aifactory.images import spawner_environments
-from conftest import mini_cluster
+from aifactory.hub.testing.cluster import mini_cluster
 from images_fixtures import default_venv  # noqa: F401
 
 pytestmark = pytest.mark.slurm

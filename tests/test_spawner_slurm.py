@@ -13,8 +13,8 @@ import psutil
 import pytest
 import requests
 
-from aifactory.hub.spawner_lab import SpawnerLab
-from conftest import mini_cluster
+from aifactory.hub.testing.spawner_lab import SpawnerLab
+from aifactory.hub.testing.cluster import mini_cluster
 
 pytestmark = pytest.mark.slurm
 

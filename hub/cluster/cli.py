@@ -1,15 +1,17 @@
 """`aif cluster up | down | status | adduser`: the Slurm mini-cluster for dev, demos and tests."""
 
 import json
-from pathlib import Path
 
 import click
 
-from .cluster import ClusterError, MiniCluster, default_cluster_dir
+from ...common.envvars import CLUSTER_DIR
+from ...common.errors import cli_errors
+from ..cli_options import state_dir_option
+from .mini import ClusterSpec, MiniCluster, default_cluster_dir
 
-state_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=default_cluster_dir, show_default=True,
-    help="Directory holding the cluster's configuration, keys, spool and logs (env AIF_CLUSTER_DIR).",
+cluster_state_dir = state_dir_option(
+    default=default_cluster_dir,
+    help=f"Directory holding the cluster's configuration, keys, spool and logs (env {CLUSTER_DIR}).",
 )
 
 
@@ -19,22 +21,19 @@ def cluster():
 
 
 @cluster.command()
-@state_option
+@cluster_state_dir
 @click.option("--gpus", default=4, show_default=True, help="Simulated GPUs (character devices) on the node.")
+@cli_errors
 def up(state_dir, gpus):
     """Start the mini-cluster (idempotent) and print the SLURM_CONF to export."""
-    from .cluster import ClusterSpec
-
     mini = MiniCluster(state_dir, ClusterSpec(gpus=gpus))
-    try:
-        mini.up()
-    except ClusterError as err:
-        raise click.ClickException(str(err)) from err
+    mini.up()
     click.echo(f"mini-cluster up; use it with:\n  export SLURM_CONF={mini.slurm_conf}")
 
 
 @cluster.command()
-@state_option
+@cluster_state_dir
+@cli_errors
 def down(state_dir):
     """Cancel all jobs and stop the daemons."""
     MiniCluster(state_dir).down()
@@ -42,7 +41,7 @@ def down(state_dir):
 
 
 @cluster.command()
-@state_option
+@cluster_state_dir
 def status(state_dir):
     """Daemons, nodes and job count as JSON; exit status 1 when not up."""
     mini = MiniCluster(state_dir)
@@ -52,13 +51,11 @@ def status(state_dir):
 
 
 @cluster.command()
-@state_option
+@cluster_state_dir
 @click.argument("name")
 @click.option("--group", "groups", multiple=True, help="Unix group to add the user to (repeatable).")
+@cli_errors
 def adduser(state_dir, name, groups):
     """Create a real Unix user (with a home) whose sessions run as Slurm jobs."""
-    try:
-        MiniCluster(state_dir).add_user(name, groups)
-    except ClusterError as err:
-        raise click.ClickException(str(err)) from err
+    MiniCluster(state_dir).add_user(name, groups)
     click.echo(f"user {name} ready")

@@ -25,11 +25,14 @@ from pathlib import Path
 
 import psutil
 
-from .unix_accounts import AccountError, ensure_unix_user, remove_unix_user
+from ...common import envvars
+from ...common.errors import AIFError
+from ...common.net import free_port
+from ..unix_accounts import AccountError, ensure_unix_user, remove_unix_user
 
 # Environment marker given to the daemons: their job step processes inherit it, which lets
 # `down()` find anything a killed slurmd left behind without touching another cluster.
-MARKER_VAR = "AIF_MINICLUSTER"
+MARKER_VAR = envvars.MINICLUSTER.name
 
 
 def default_cluster_dir():
@@ -38,10 +41,10 @@ def default_cluster_dir():
     Not under the platform's state dir: that defaults to root's home (0700), which munged and
     the jobs' users cannot traverse. AIF_CLUSTER_DIR overrides it.
     """
-    return Path(os.environ.get("AIF_CLUSTER_DIR") or "/var/tmp/aifactory-lab/cluster")
+    return Path(envvars.CLUSTER_DIR.get("/var/tmp/aifactory-lab/cluster"))
 
 
-class ClusterError(RuntimeError):
+class ClusterError(AIFError):
     """The mini-cluster could not be started, queried or stopped; the message says why."""
 
 
@@ -60,12 +63,6 @@ class ClusterSpec:
     memory_mb: int = 128 * 1024
     partitions: tuple = ("gpu", "cpu")
     max_time: str = "1-00:00:00"
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(cmd, env=None, check=True, timeout=30, **kwargs):
@@ -191,7 +188,7 @@ class MiniCluster:
                 dev.unlink()
             if not dev.exists():
                 os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(195, index))
-        ports = self._existing_ports() or (_free_port(), _free_port())
+        ports = self._existing_ports() or (free_port(), free_port())
         self.slurm_conf.write_text(self._slurm_conf_text(*ports))
         (self.slurm_conf.parent / "gres.conf").write_text(
             f"NodeName={self.node_name} Name=gpu Type={self.spec.gpu_type} "

@@ -1,36 +1,30 @@
 """`aif up`, `aif status`, `aif config show`, `aif user ...`."""
 
 import signal
-import sys
 import threading
 
 import click
 
-from .config import AIFPlatform, ConfigError, MLflowService, build_platform_config, make_platform_settings
-from .platform import Platform, PlatformError
+from ...common.errors import cli_errors
+from ..cli_options import state_dir_option
+from .config import build_platform_config, make_platform_settings
+from .launcher import Platform, PlatformError
 
-state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False), default=None,
-    help="Directory holding all platform state (default: ~/.local/share/aifactory-lab).",
-)
 config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="Platform config file (default: <state-dir>/aif_config.py when present).",
 )
 
 
-def _fail(err):
-    raise click.ClickException(str(err))
-
-
 @click.command()
-@state_dir_option
+@state_dir_option()
 @config_option
 @click.option("--port", type=int, default=None, help="Public port (default 8000).")
 @click.option("--spawner", type=click.Choice(["local", "slurm"]), default=None,
               help="Run users' servers as local processes or as Slurm jobs.")
 @click.option("--slurm-conf", type=click.Path(dir_okay=False, exists=True), default=None,
               help="slurm.conf of the cluster to submit to (default: the mini-cluster's, with --spawner slurm).")
+@cli_errors
 def up(state_dir, config_file, port, spawner, slurm_conf):
     """Start the platform: proxy, JupyterHub and the MLflow service. Ctrl-C stops it."""
     stop = _catch_stop_signals()
@@ -38,12 +32,10 @@ def up(state_dir, config_file, port, spawner, slurm_conf):
     signal.signal(signal.SIGUSR1, lambda *_: reload.set())  # `aif workshop` changed hub roles
     try:
         platform = Platform(state_dir, port=port, spawner=spawner, config_file=config_file,
-                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner, state_dir))
+                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner))
         platform.reload_on_signal = True
         click.echo(f"Starting AI Factory Lab in {platform.state} ...")
         platform.start()  # stops what it started if interrupted or failing
-    except (ConfigError, PlatformError) as err:
-        _fail(err)
     except _Stopped as sig:
         raise click.ClickException(f"{sig} during start; everything started was stopped") from None
     click.echo(
@@ -73,16 +65,12 @@ def _restart_hub(platform):
         click.echo(f"hub restart failed: {err}", err=True)
 
 
-def _mini_cluster_conf(spawner, state_dir):
+def _mini_cluster_conf(spawner):
     if spawner != "slurm":
         return None
-    try:
-        from .cluster import MiniCluster, default_cluster_dir
-    except ImportError:
-        return None
-    from pathlib import Path
+    from ..cluster import MiniCluster, default_cluster_dir
 
-    # `aif cluster up` keeps it outside the (root-only) platform state dir; see cluster.py
+    # `aif cluster up` keeps it outside the (root-only) platform state dir; see cluster/mini.py
     conf = MiniCluster(default_cluster_dir()).slurm_conf
     return conf if Path(conf).exists() else None
 
@@ -104,14 +92,12 @@ def _catch_stop_signals():
 
 
 @click.command()
-@state_dir_option
+@state_dir_option()
 @config_option
+@cli_errors
 def status(state_dir, config_file):
     """Health of the hub, proxy and MLflow service; exit 1 naming what fails."""
-    try:
-        platform = Platform.attach(state_dir, config_file)
-    except (ConfigError, PlatformError) as err:
-        _fail(err)
+    platform = Platform.attach(state_dir, config_file)
     results = platform.check_health()
     width = max(map(len, results))
     for name, state in results.items():
@@ -127,15 +113,13 @@ def config():
 
 
 @config.command("show")
-@state_dir_option
+@state_dir_option()
 @config_option
+@cli_errors
 def config_show(state_dir, config_file):
     """Print the effective platform settings and where they come from."""
-    try:
-        cfg, path = build_platform_config(state_dir, config_file)
-        platform, mlflow = make_platform_settings(cfg)
-    except ConfigError as err:
-        _fail(err)
+    cfg, path = build_platform_config(state_dir, config_file)
+    platform, mlflow = make_platform_settings(cfg)
     click.echo(f"# config file: {path or '(none: defaults)'}")
     for obj in (platform, mlflow):
         for name in sorted(obj.traits(config=True)):
@@ -149,46 +133,39 @@ def user():
 
 @user.command("add")
 @click.argument("name")
-@state_dir_option
+@state_dir_option()
 @click.option("--admin", is_flag=True, help="Make the user a hub admin.")
 @click.option("--group", "groups", multiple=True, help="Hub group (repeatable), e.g. sme, evaluators.")
+@cli_errors
 def user_add(name, state_dir, admin, groups):
     """Create an account and print its generated password."""
-    platform = _settings_only(state_dir)
+    users = Platform(state_dir).users
     try:
-        password = platform.users.add(name, admin=admin, groups=groups)
-    except ValueError as err:
-        _fail(err)
+        password = users.add(name, admin=admin, groups=groups)
     except OSError as err:  # a full or read-only state directory: say which file and why
-        _fail(f"could not write the users file {platform.users.path}: {err.strerror}; nothing was changed")
+        raise click.ClickException(f"could not write the users file {users.path}: {err.strerror}; "
+                                   "nothing was changed") from None
     click.echo(password)
 
 
 @user.command("list")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def user_list(state_dir):
     """List accounts with their groups."""
-    for name, record in sorted(_settings_only(state_dir).users.read().items()):
+    for name, record in sorted(Platform(state_dir).users.read().items()):
         flags = " (admin)" if record.get("admin") else ""
         click.echo(f"{name}{flags}  groups: {', '.join(record.get('groups') or []) or '-'}")
 
 
 @user.command("remove")
 @click.argument("name")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def user_remove(name, state_dir):
     """Remove an account (its files and MLflow runs are kept)."""
-    if not _settings_only(state_dir).users.remove(name):
-        _fail(f"no user {name!r}")
+    if not Platform(state_dir).users.remove(name):
+        raise click.ClickException(f"no user {name!r}")
 
 
-def _settings_only(state_dir):
-    try:
-        return Platform(state_dir)
-    except ConfigError as err:
-        _fail(err)
-
-
-__all__ = ["up", "status", "config", "user", "AIFPlatform", "MLflowService"]
-if __name__ == "__main__":
-    sys.exit(up())
+__all__ = ["up", "status", "config", "user"]

@@ -12,12 +12,18 @@ from traitlets import Bool, Integer, Unicode, default, validate
 from traitlets.config import Config, Configurable, PyFileConfigLoader
 from traitlets.config.loader import ConfigFileNotFound
 
+from ...common.envvars import STATE_DIR
+from ...common.errors import AIFError
 
-class ConfigError(Exception):
+
+class ConfigError(AIFError):
     """A configuration problem, worded for the person who can fix it."""
 
 
 def default_state_dir():
+    """$AIF_STATE_DIR, else the user's data folder (XDG) / aifactory-lab."""
+    if STATE_DIR.get():
+        return STATE_DIR.get()
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data_home, "aifactory-lab")
 

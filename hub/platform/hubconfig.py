@@ -1,6 +1,6 @@
 """The platform's JupyterHub settings, applied by jupyterhub_config.py inside the hub process.
 
-`aif up` (platform.py) writes <state_dir>/runtime.json with the ports and paths of this start
+`aif up` (launcher.py) writes <state_dir>/runtime.json with the ports and paths of this start
 and passes its path in AIF_RUNTIME; everything the hub needs is derived from it here.
 """
 
@@ -8,6 +8,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from ...common import envvars
+from .config import ConfigError
 
 MLFLOW_SERVICE = "mlflow"
 WORKSHOP_SERVICE = "workshops"
@@ -20,11 +23,14 @@ ADMIN_SERVICE_SCOPES = [
 
 
 def runtime():
-    return json.loads(Path(os.environ["AIF_RUNTIME"]).read_text())
+    path = envvars.RUNTIME.get()
+    if not path:
+        raise ConfigError(f"{envvars.RUNTIME} is not set: the hub is started by `aif up`, which sets it")
+    return json.loads(Path(path).read_text())
 
 
 def site_config_file():
-    return os.environ.get("AIF_CONFIG_FILE") or None
+    return envvars.CONFIG_FILE.get()
 
 
 def configure_hub(c):
@@ -37,7 +43,7 @@ def configure_hub(c):
     _services_and_roles(c, rt, state)
     if rt["spawner"] == "slurm":
         # idle sessions must release their GPUs (issue 3); least-privilege service, see culler.py
-        from .culler import add_idle_culler
+        from ..culler import add_idle_culler
 
         add_idle_culler(c)
         _workshops(c, rt, state)
@@ -73,7 +79,7 @@ def _spawner(c, rt):
     if rt["spawner"] == "slurm":
         c.JupyterHub.spawner_class = "aif-slurm"
     else:
-        c.JupyterHub.spawner_class = "aifactory.hub.localspawner.AIFLocalSpawner"
+        c.JupyterHub.spawner_class = "aif-local"
     c.PlatformEnvMixin.mlflow_tracking_uri = rt["public_url"].rstrip("/") + f"/services/{MLFLOW_SERVICE}"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 300
@@ -103,7 +109,7 @@ def _services_and_roles(c, rt, state):
             "oauth_no_confirm": True,
             **_service_timeout(120),
             "command": [
-                sys.executable, "-m", "aifactory.hub.mlflow_service",
+                sys.executable, "-m", "aifactory.hub.tracking.service",
                 "--state-dir", str(state / "mlflow"),
                 "--backend-store-uri", ml["backend_store_uri"],
                 "--auth-db-uri", ml["auth_db_uri"],
@@ -126,7 +132,7 @@ def _services_and_roles(c, rt, state):
 
 def _workshops(c, rt, state):
     """Workshops (`aif workshop`): the trainer page, each trainer's role, the group banner."""
-    from .workshops import WorkshopBook, announcement_for
+    from ..workshops.record import WorkshopBook, announcement_for
 
     book = WorkshopBook(state / "workshops")
     c.AIFSlurmSpawner.workshops_dir = str(book.root)
@@ -137,10 +143,10 @@ def _workshops(c, rt, state):
         "display": True,
         "oauth_no_confirm": True,
         # start/stop go to the hub with the trainer's token: the hub grants it only the trainer's
-        # own servers!group= (see workshop_service.py)
+        # own servers!group= (see workshops/service.py)
         "oauth_client_allowed_scopes": ["servers"],
-        "environment": {**env, "AIF_STATE_DIR": str(state)},
-        "command": [sys.executable, "-m", "aifactory.hub.workshop_service"],
+        "environment": {**env, envvars.STATE_DIR.name: str(state)},
+        "command": [sys.executable, "-m", "aifactory.hub.workshops.service"],
     })
     c.JupyterHub.load_roles.append({
         "name": "workshop-service", "services": [WORKSHOP_SERVICE],

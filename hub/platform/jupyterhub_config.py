@@ -5,11 +5,11 @@ loaded last, so everything here can be overridden there.
 """
 
 # `c` and `load_subconfig` are provided by JupyterHub when it executes this file.
-from aifactory.hub.hubconfig import configure_hub  # noqa: E402
+from aifactory.hub.platform.hubconfig import configure_hub  # noqa: E402
 
 configure_hub(c)  # noqa: F821
 
-from aifactory.hub.hubconfig import site_config_file  # noqa: E402
+from aifactory.hub.platform.hubconfig import site_config_file  # noqa: E402
 
 _site = site_config_file()
 if _site:

@@ -7,10 +7,8 @@ servers, which know the hub's API URL, stay reachable across restarts.
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,49 +16,37 @@ from pathlib import Path
 
 import requests
 
+from ...common import envvars
+from ...common.errors import AIFError
+from ...common.files import replace_private, secret_file, write_private
+from ...common.net import free_port, port_is_free
+from ...common.procutil import die_with_parent, stop_process_group
+from ..auth import UsersFile
 from . import hubconfig
-from .auth import UsersFile
-from .config import ConfigError, build_platform_config, make_platform_settings
-from ..common.procutil import die_with_parent, stop_process_group
+from .config import build_platform_config, make_platform_settings
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 
 
-class PlatformError(Exception):
+class PlatformError(AIFError):
     """Something stops the platform from starting or running; the message says what and how to fix it."""
-
-
-def free_port(ip="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port, ip="127.0.0.1"):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((ip, port))
-        except OSError:
-            return False
-    return True
 
 
 def find_chp():
     """configurable-http-proxy: $AIF_CHP if set, else the project-local install, else PATH."""
-    explicit = os.environ.get("AIF_CHP")
+    explicit = envvars.CHP.get()
     if explicit:
         if os.access(explicit, os.X_OK):
             return explicit
-        raise PlatformError(f"configurable-http-proxy not found at AIF_CHP={explicit}: fix AIF_CHP or unset it "
-                            "to use the one `make install` puts under .venv/node")
+        raise PlatformError(f"configurable-http-proxy not found at {envvars.CHP}={explicit}: fix {envvars.CHP} or "
+                            "unset it to use the one `make install` puts under .venv/node")
     local = os.path.join(sys.prefix, "node", "node_modules", ".bin", "configurable-http-proxy")
     for candidate in (local, shutil.which("configurable-http-proxy")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise PlatformError(
         "configurable-http-proxy not found: run `make install` (it installs it under .venv/node), "
-        "or set AIF_CHP to its path"
+        f"or set {envvars.CHP} to its path"
     )
 
 
@@ -72,15 +58,6 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
-
-
-def _secret_file(path, nbytes=32):
-    """A secret kept in a 0600 file, made on first use."""
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(nbytes))
-    return path.read_text().strip()
 
 
 class Platform:
@@ -137,8 +114,8 @@ class Platform:
         self._load_secrets()
 
     def _load_secrets(self):
-        self.proxy_token = _secret_file(self.state / "secrets" / "proxy_token")
-        self.admin_service_token = _secret_file(self.state / "secrets" / "admin_service_token")
+        self.proxy_token = secret_file(self.state / "secrets" / "proxy_token")
+        self.admin_service_token = secret_file(self.state / "secrets" / "admin_service_token")
 
     def _ensure_admin_account(self):
         name = self.settings.admin_user
@@ -146,9 +123,7 @@ class Platform:
             return
         password = self.users.add(name, admin=True, replace=True)
         self.admin_password_file.unlink(missing_ok=True)
-        fd = os.open(self.admin_password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
+        write_private(self.admin_password_file, password + "\n", exclusive=True)
 
     def _effective_config_file(self):
         """The site file plus any extra lines (tests), as the one file the hub loads."""
@@ -215,11 +190,7 @@ class Platform:
                 "workers": ml.workers,
             },
         }
-        tmp = self._runtime_path().with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.runtime, f, indent=1)
-        os.replace(tmp, self._runtime_path())
+        replace_private(self._runtime_path(), json.dumps(self.runtime, indent=1))
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -260,16 +231,16 @@ class Platform:
     def _hub_env(self):
         env = {**os.environ, **self.extra_env}
         env.update({
-            "AIF_RUNTIME": str(self._runtime_path()),
-            "AIF_STATE_DIR": str(self.state),
+            envvars.RUNTIME.name: str(self._runtime_path()),
+            envvars.STATE_DIR.name: str(self.state),
             "CONFIGPROXY_AUTH_TOKEN": self.proxy_token,
             "PYTHONUNBUFFERED": "1",
         })
         effective = self._effective_config_file()
         if effective:
-            env["AIF_CONFIG_FILE"] = str(effective)
+            env[envvars.CONFIG_FILE.name] = str(effective)
         else:
-            env.pop("AIF_CONFIG_FILE", None)
+            env.pop(envvars.CONFIG_FILE.name, None)
         if self.slurm_conf:
             env["SLURM_CONF"] = str(self.slurm_conf)
         return env
@@ -466,5 +437,3 @@ class Platform:
         platform._load_secrets()
         return platform
 
-
-__all__ = ["Platform", "PlatformError", "ConfigError"]

@@ -10,7 +10,7 @@ from importlib.util import find_spec
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import Configurable
 
-from ..extensions.mlflow_store import ENABLE_ENV as BUFFERED_LOGGING_ENV
+from ...common.envvars import MLFLOW_BUFFERED_LOGGING
 
 
 class PlatformEnvMixin(Configurable):
@@ -67,7 +67,7 @@ class PlatformEnvMixin(Configurable):
             env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"
             env["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] = str(self.mlflow_async_buffer_seconds)
             if self.mlflow_buffered_logging:
-                env[BUFFERED_LOGGING_ENV] = "1"
+                env[MLFLOW_BUFFERED_LOGGING.name] = "1"
         return env
 
 

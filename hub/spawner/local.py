@@ -10,7 +10,8 @@ import sys
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import default
 
-from .spawner_env import PlatformEnvMixin
+from ...common.envvars import STATE_DIR
+from .env import PlatformEnvMixin
 
 
 class AIFLocalSpawner(PlatformEnvMixin, SimpleLocalProcessSpawner):
@@ -18,7 +19,7 @@ class AIFLocalSpawner(PlatformEnvMixin, SimpleLocalProcessSpawner):
 
     @default("home_dir_template")
     def _default_home_dir_template(self):
-        return os.path.join(os.environ.get("AIF_STATE_DIR", "/tmp"), "users", "{username}")
+        return os.path.join(STATE_DIR.get("/tmp"), "users", "{username}")
 
     @default("cmd")
     def _default_cmd(self):

@@ -14,6 +14,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field, fields
 
+from ...common.errors import AIFError
+
 # Operator-supplied strings end up in #SBATCH lines: keep them to a conservative alphabet.
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -24,7 +26,7 @@ IMAGE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 USER_FIELDS = ("profile", "partition", "gpu_type", "gpus", "cpus", "memory_gb", "hours", "notebook_env")
 
 
-class OptionsError(ValueError):
+class OptionsError(AIFError, ValueError):
     """A user option was refused; `field` names it and the message says what was expected."""
 
     def __init__(self, field_name, message):

@@ -2,11 +2,11 @@
 
 Built on `batchspawner.SlurmSpawner`, with what a shared supercomputer needs on top:
 
-* resource profiles and per-group limits (hub/profiles.py); the form shows only what the user
+* resource profiles and per-group limits (profiles.py); the form shows only what the user
   may choose and the REST API goes through the same validation;
 * a batch script rendered only from validated values and operator traits: `user_options` never
   reach the template (stock batchspawner merges them in, so a form field could override `cmd`);
-* one shared squeue poller per hub (hub/slurm_poller.py) instead of one squeue per user per poll;
+* one shared squeue poller per hub (poller.py) instead of one squeue per user per poll;
   a failing squeue is "unknown" and never ends a server;
 * readable progress (queue position, pending reason, expected start, node) and, when a job dies
   while starting, Slurm's state and reason plus the tail of the job's output file;
@@ -18,6 +18,7 @@ Built on `batchspawner.SlurmSpawner`, with what a shared supercomputer needs on 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shlex
 import shutil
@@ -26,78 +27,41 @@ import time
 from pathlib import Path
 
 from batchspawner import SlurmSpawner
-from batchspawner.api import BatchSpawnerAPIHandler
-from jinja2 import Template
-from jupyterhub import apihandlers
-from tornado import web
+from jinja2 import Environment, FileSystemLoader, Template
+from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Float, Integer, List, Unicode, default, observe, validate
 
+from ...common import envvars
+from ..workshops.record import WorkshopBook
+from . import api
+from .env import PlatformEnvMixin
+from .poller import SlurmPoller
 from .profiles import ENV_NAME, IMAGE_PATH, GroupLimit, OptionsError, Profile, allowances, resolve_request
-from .slurm_poller import SlurmPoller
-from .spawner_env import PlatformEnvMixin
-from .workshops import WorkshopBook
+
+# batchspawner registered its own API handler when imported above; this module is the one place
+# that imports it, so the swap for the port-only handler happens here (see api.py)
+api.use_port_only_handler()
 
 VENV_BIN = Path(sys.prefix) / "bin"
-
-BATCH_SCRIPT = """#!/bin/bash
-#SBATCH --job-name={{job_name}}
-#SBATCH --output={{output_file}}
-#SBATCH --chdir={{homedir}}
-#SBATCH --export={{keepvars}}
-#SBATCH --partition={{partition}}
-#SBATCH --time={{runtime}}
-#SBATCH --cpus-per-task={{nprocs}}
-#SBATCH --mem={{memory}}
-{% if gres %}#SBATCH --gres={{gres}}
-{% endif %}{% if account %}#SBATCH --account={{account}}
-{% endif %}{% if qos %}#SBATCH --qos={{qos}}
-{% endif %}{% if reservation %}#SBATCH --reservation={{reservation}}
-{% endif %}{% if options %}#SBATCH {{options}}
-{% endif %}
-set -euo pipefail
-# what the session knows about its own job (shown by the session-info extension)
-export AIF_SLURM_JOB_ID="$SLURM_JOB_ID" AIF_SLURM_NODE="$SLURMD_NODENAME"
-export AIF_GPUS="${CUDA_VISIBLE_DEVICES:-}"
-export AIF_WALLTIME_END="$(date -u -d "@$(( $(date +%s) + {{walltime_seconds}} ))" +%Y-%m-%dT%H:%M:%SZ)"
-{{environment}}
-{{prologue}}
-{% if srun %}{{srun}} {% endif %}{{image_prefix}}{{cmd}}
-{{epilogue}}
-"""
+TEMPLATES = Path(__file__).with_name("templates")
+BATCH_SCRIPT = (TEMPLATES / "batch_script.sh").read_text()
+SPAWN_FORM = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True).get_template("spawn_form.html")
+#: the AIF_* variables the batch script exports, by their registry names (aif.SLURM_JOB_ID, ...)
+SESSION_VARS = {var: getattr(envvars, var).name for var in ("SLURM_JOB_ID", "SLURM_NODE", "GPUS", "WALLTIME_END")}
 
 
-class StrictBatchSpawnerAPIHandler(BatchSpawnerAPIHandler):
-    """Accepts only the port from a starting server.
-
-    Stock batchspawner's handler sets *any* attribute a server's token names (e.g. `exec_prefix`
-    or `batch_submit_cmd`, later run as root by the hub), so it is replaced here.
-    """
-
-    @web.authenticated
-    def post(self):
-        data = self.get_json_body() or {}
-        port = data.get("port")
-        if set(data) != {"port"} or not isinstance(port, int) or not 0 < port < 65536:
-            raise web.HTTPError(400, "expected a JSON body {\"port\": <1..65535>}")
-        token = self.get_auth_token()
-        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
-        if spawner is None:
-            raise web.HTTPError(403, "this token belongs to no server of this user")
-        spawner.port = port
-        self.set_status(201)
-        self.finish({"message": "port recorded"})
+@functools.lru_cache(maxsize=8)
+def _compiled(template_text):
+    """A batch script template compiled once per text, not once per start."""
+    return Template(template_text)
 
 
-def _install_strict_api_handler():
-    # `import batchspawner` appended its handler to JupyterHub's list; swap it before the hub
-    # builds its routes (the spawner class is loaded with the config, before init_handlers).
-    handlers = apihandlers.default_handlers
-    for index, (route, handler, *rest) in enumerate(handlers):
-        if route == r"/api/batchspawner":
-            handlers[index] = (route, StrictBatchSpawnerAPIHandler, *rest)
+def spawn_failure(message, reason, status_code=500):
+    """A SpawnException whose message is what the user reads on the spawn page and in progress."""
+    err = SpawnException(message, reason=reason, status_code=status_code)
+    err.jupyterhub_message = message  # else JupyterHub shows "HTTP 500: reason (message)"
+    return err
 
-
-_install_strict_api_handler()
 
 DEFAULT_PROFILES = [
     {
@@ -126,38 +90,6 @@ DEFAULT_PROFILES = [
         "max_hours": 24,
     },
 ]
-
-FORM_TEMPLATE = Template(
-    """
-{% if notice %}<div class="alert alert-warning" id="aif-last-session">{{ notice }}</div>{% endif %}
-{% for a in allowed %}{% set p = a.profile %}
-<fieldset class="aif-profile" style="margin-bottom:1em">
-  <label><input type="radio" name="profile" value="{{ p.name }}" {% if loop.first %}checked{% endif %}>
-    <b>{{ p.display_name or p.name }}</b> <small>(partition {{ p.partition }})</small></label>
-  {% if p.description %}<p>{{ p.description }}</p>{% endif %}
-  {% if a.gpu_range[1] > 0 %}
-  <label>GPU type <select name="gpu_type@{{ p.name }}">
-    {% for t in p.gpu_types %}<option value="{{ t }}">{{ t }}</option>{% endfor %}</select></label>
-  <label>GPUs <input type="number" name="gpus@{{ p.name }}" min="{{ a.gpu_range[0] }}" max="{{ a.gpu_range[1] }}"
-    value="{{ a.gpu_range[0] or 1 }}"></label>
-  {% endif %}
-  <label>CPUs <input type="number" name="cpus@{{ p.name }}" min="{{ a.cpu_range[0] }}" max="{{ a.cpu_range[1] }}"
-    value="{{ p.cpus }}"></label>
-  <label>Memory (GB) <input type="number" name="memory_gb@{{ p.name }}" min="{{ a.memory_range[0] }}"
-    max="{{ a.memory_range[1] }}" value="{{ p.memory_gb }}"></label>
-  <label>Hours <input type="number" name="hours@{{ p.name }}" min="1" max="{{ a.hours_max }}"
-    value="{{ [p.hours, a.hours_max] | min }}"></label>
-  {% if p.environments %}
-  <label>Environment <select name="notebook_env@{{ p.name }}">
-    {% for e in p.environments %}<option value="{{ e }}">{{ environments.get(e, {}).get("display_name") or e }}</option>
-    {% endfor %}</select></label>
-  {% endif %}
-</fieldset>
-{% endfor %}
-""",
-    autoescape=True,
-)
-
 
 class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
     """Spawns JupyterLab in a Slurm job chosen from operator-defined resource profiles."""
@@ -224,9 +156,12 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         costs start-up time.""",
     ).tag(config=True)
 
-    batch_script = Unicode(BATCH_SCRIPT, help="Jinja2 template of the job script; see BATCH_SCRIPT.").tag(
-        config=True
-    )
+    batch_script = Unicode(
+        BATCH_SCRIPT,
+        help="""Jinja2 template of the job script; the default is
+        aifactory/hub/spawner/templates/batch_script.sh. It is rendered from operator traits
+        and the validated request only, never from `user_options`.""",
+    ).tag(config=True)
 
     workshops_dir = Unicode(
         "",
@@ -346,7 +281,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
                 return
 
     def _render_form(self):
-        return FORM_TEMPLATE.render(allowed=self.user_allowances(), notice=self.end_notice,
+        return SPAWN_FORM.render(allowed=self.user_allowances(), notice=self.end_notice,
                                     environments=self.environments)
 
     def options_from_form(self, formdata):
@@ -362,7 +297,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         try:
             request = resolve_request(self.user_allowances(), user_options)
         except OptionsError as err:
-            raise web.HTTPError(400, f"Invalid resource request: {err}", reason="invalid user_options") from err
+            raise spawn_failure(f"Invalid resource request: {err}", "invalid user_options", 400) from err
         self.session_request = request
         self.req_partition = request.partition
         self.req_runtime = request.walltime
@@ -413,15 +348,16 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             walltime_seconds=request.walltime_seconds,
             environment=environment,
             image_prefix=f"apptainer exec --nv {shlex.quote(image)} " if image else "",
+            aif=SESSION_VARS,
         )
-        return Template(self.batch_script).render(**subvars)
+        return _compiled(self.batch_script).render(**subvars)
 
     def _notebook_env_command(self, name):
         """(image, command, exports) that start the server inside the chosen environment."""
         entry = self.environments.get(name)
         if entry is None:
-            raise RuntimeError(f"environment {name!r} is offered by a profile but not defined in "
-                               "AIFSlurmSpawner.environments")
+            raise spawn_failure(f"environment {name!r} is offered by a profile but not defined in "
+                                "AIFSlurmSpawner.environments: ask the operator", "config")
         env = dict(entry.get("env") or {})
         args = " ".join([*self.cmd[1:], *self.get_args()])
         if entry.get("venv"):
@@ -451,11 +387,14 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.end_notice = ""  # shown on the form after the previous session; now outdated
         self._prepare_workshop_materials()
         await self._check_python_reachable()
-        job_id = await self.submit_batch_script()
+        try:
+            job_id = await self.submit_batch_script()
+        except RuntimeError as err:  # batchspawner's run_command: sbatch failed, with its stderr
+            raise spawn_failure(f"Slurm refused the session's job: {err}", "sbatch") from err
         # only a squeue call started after sbatch returned is sure to list the job
         submitted = self._submitted_at = time.monotonic()
         if not job_id:
-            raise RuntimeError("sbatch printed no job id; see the hub log for its output")
+            raise spawn_failure("sbatch printed no job id; see the hub log for its output", "sbatch")
         self.log.info("%s: Slurm job %s submitted", self._log_name, job_id)
         snapshot = await self._wait_until_running(submitted)
         self.node = snapshot.jobs[job_id].node
@@ -467,7 +406,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             except asyncio.TimeoutError:
                 snapshot = await self.poller.get(max_age=2)
                 if snapshot.phase(job_id) in ("finished", "gone"):
-                    raise RuntimeError(self.failure_message(snapshot))
+                    raise spawn_failure(self.failure_message(snapshot), "job ended")
         self.db.commit()
         return self.ip, self.port
 
@@ -481,7 +420,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             if phase in ("finished", "gone"):
                 message = self.failure_message(snapshot)
                 self.clear_state()
-                raise RuntimeError(message)
+                raise spawn_failure(message, "job ended")
             await asyncio.sleep(self.startup_poll_interval)
             newer_than = time.monotonic()
 
@@ -590,9 +529,9 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         target = VENV_BIN / "jupyterhub-singleuser"
         probe = await asyncio.create_subprocess_exec("runuser", "-u", self.user.name, "--", "test", "-x", str(target))
         if await probe.wait() != 0:
-            raise RuntimeError(
+            raise spawn_failure(
                 f"{target} is not executable by user {self.user.name!r}: jobs run as that user, so the "
-                "hub's virtual environment must be outside root-only directories (every parent o+rx)"
+                "hub's virtual environment must be outside root-only directories (every parent o+rx)", "config"
             )
         self._reachable_checked.add(key)
 

@@ -1,58 +1,25 @@
-"""The real platform (proxy + JupyterHub + MLflow service) as pytest fixtures, and HTTP helpers.
+"""The real platform (proxy + JupyterHub + MLflow service) for tests and perf, and a person's way in.
 
-`platform` is session-scoped: one platform serves every test that needs one (start-up costs
-tens of seconds on a 2-core machine). Tests that restart or break a platform make their own
-with `platform_factory`.
+`start_platform` starts one on free ports under a state directory; `login`, `open_lab` and
+`start_server` do what a person (or an admin) does through the hub. The pytest fixtures that
+start and always stop platforms are in fixtures.py; running code in a session is kernel.py.
 """
 
-import datetime
-import json
 import os
 import time
 import uuid
 
-import pytest
 import requests
-from tornado.httpclient import HTTPRequest
-from tornado.ioloop import IOLoop
-from tornado.websocket import websocket_connect
 
-from aifactory.hub.platform import Platform
+from ...common.net import free_port
+from ..platform import Platform
 
 
 def start_platform(state_dir, **kwargs):
-    platform = Platform(state_dir, port=kwargs.pop("port", None) or _free_port(), **kwargs)
+    """A started Platform on a free public port (waits until hub, proxy and MLflow are healthy)."""
+    platform = Platform(state_dir, port=kwargs.pop("port", None) or free_port(), **kwargs)
     platform.start(timeout=240)
     return platform
-
-
-def _free_port():
-    from conftest import free_port
-
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def platform(tmp_path_factory):
-    p = start_platform(tmp_path_factory.mktemp("platform"))
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
-@pytest.fixture
-def platform_factory(tmp_path):
-    started = []
-
-    def make(state_dir=None, **kwargs):
-        p = start_platform(state_dir or tmp_path / f"state{len(started)}", **kwargs)
-        started.append(p)
-        return p
-
-    yield make
-    for p in started:
-        p.stop()
 
 
 def unique_user(prefix="u"):
@@ -98,52 +65,6 @@ def start_server(platform, user, timeout=180):
             return f"{platform.url}{model['server'].rstrip('/')}"
         time.sleep(0.5)
     raise AssertionError(f"server of {user} not ready after {timeout}s")
-
-
-# --- running code inside a user's server (a real kernel, over the Jupyter websocket API) ----
-
-def run_in_kernel(server_url, token, code, timeout=120):
-    """Execute `code` in a new kernel of the server; returns its stdout. Raises on error."""
-    headers = {"Authorization": f"token {token}"}
-    kernel = requests.post(f"{server_url}/api/kernels", headers=headers, json={}, timeout=60)
-    kernel.raise_for_status()
-    kernel_id = kernel.json()["id"]
-    try:
-        return IOLoop().run_sync(lambda: _execute(server_url, kernel_id, headers, code), timeout=timeout)
-    finally:
-        requests.delete(f"{server_url}/api/kernels/{kernel_id}", headers=headers, timeout=60)
-
-
-async def _execute(server_url, kernel_id, headers, code):
-    ws_url = server_url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-    conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
-    msg_id = uuid.uuid4().hex
-    conn.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
-                   "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    out, error = [], None
-    while True:
-        raw = await conn.read_message()
-        if raw is None:
-            raise AssertionError("kernel websocket closed")
-        msg = json.loads(raw)
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind = msg["header"]["msg_type"]
-        if kind == "stream":
-            out.append(msg["content"]["text"])
-        elif kind == "error":
-            error = "\n".join(msg["content"]["traceback"])
-        elif kind == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    conn.close()
-    if error:
-        raise AssertionError(f"kernel error:\n{error}")
-    return "".join(out)
 
 
 def mlflow_env(platform, token):

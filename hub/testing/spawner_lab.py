@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,14 +18,10 @@ from pathlib import Path
 
 import requests
 
+from ...common.net import free_port, port_open
+
 VENV = Path(sys.prefix)
 CHP = VENV / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SpawnerLab:
@@ -147,7 +142,7 @@ class SpawnerLab:
             env={**self.env, "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        self._wait(lambda: _port_open(self.proxy_api_port), 20, "configurable-http-proxy did not listen")
+        self._wait(lambda: port_open(self.proxy_api_port), 20, "configurable-http-proxy did not listen")
 
     def _hub_answers(self):
         if self._hub.poll() is not None:
@@ -189,9 +184,3 @@ class SpawnerLab:
             c.Spawner.default_url = "/lab"
             c.Spawner.http_timeout = 60
             """) + "\n" + self.extra_config + "\n"
-
-
-def _port_open(port):
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -6,18 +6,21 @@ local user cannot reach MLflow around the hub by talking to its port directly.
 """
 
 import hmac
-import os
 
-from flask import Response, request
-from werkzeug.datastructures import Authorization
+from ...common.envvars import MLFLOW_BRIDGE_SECRET
 
 USER_HEADER = "X-Aif-User"
 SECRET_HEADER = "X-Aif-Bridge-Secret"
-SECRET_ENV = "AIF_MLFLOW_BRIDGE_SECRET"
+SERVICE_ADMIN = "aif-service"  # MLflow auth-app admin the bridge acts as for housekeeping
 
 
 def authenticate_request():
-    secret = os.environ.get(SECRET_ENV, "")
+    """MLflow auth app's `authorization_function`: the user the bridge names, with its secret."""
+    # Flask is the MLflow server's; the service itself imports this module for the names above
+    from flask import Response, request
+    from werkzeug.datastructures import Authorization
+
+    secret = MLFLOW_BRIDGE_SECRET.get("")
     given = request.headers.get(SECRET_HEADER, "")
     user = request.headers.get(USER_HEADER, "")
     if not secret or not user or not hmac.compare_digest(given.encode(), secret.encode()):

@@ -5,7 +5,7 @@ MLflow builds an ORM object per logged metric and lets the session's unit of wor
 request, so that per-point cost is what limits ingestion. Here a batch is one executemany INSERT
 and one latest-metric update per key; everything else, including the duplicate handling that
 MLflow does after an IntegrityError, is MLflow's own code. Reading a history back skips the ORM
-objects the same way. Chosen by mlflow_store.tracking_store.
+objects the same way. Chosen by store.tracking_store.
 """
 
 import math

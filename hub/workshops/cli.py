@@ -1,35 +1,22 @@
-"""`aif workshop create|status|end|list`: workshops on a running platform (see workshops.py)."""
+"""`aif workshop create|status|end|list`: workshops on a running platform (see manager.py)."""
 
 import json
-import os
 
 import click
 
-from .platform import Platform, PlatformError
-from .workshops import WorkshopError, WorkshopManager
-
-state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False), default=None,
-    help="State directory of the running platform (default: ~/.local/share/aifactory-lab).",
-)
+from ...common.errors import cli_errors
+from ...common.files import write_private
+from ..cli_options import state_dir_option
+from ..platform import Platform
+from .manager import WorkshopManager
+from .record import WorkshopError
 
 
 def _manager(state_dir):
-    try:
-        platform = Platform.attach(state_dir)
-    except PlatformError as err:
-        raise click.ClickException(str(err)) from None
+    platform = Platform.attach(state_dir)
     if platform.runtime.get("spawner") != "slurm":
-        raise click.ClickException("workshops need the Slurm spawner: start the platform with "
-                                   "`aif up --spawner slurm`")
+        raise WorkshopError("workshops need the Slurm spawner: start the platform with `aif up --spawner slurm`")
     return WorkshopManager(platform)
-
-
-def _run(action):
-    try:
-        return action()
-    except (WorkshopError, PlatformError) as err:
-        raise click.ClickException(str(err)) from None
 
 
 @click.group()
@@ -53,19 +40,18 @@ def workshop():
 @click.option("--announcement", default="", help="Banner shown on the hub to participants and trainer.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the seat logins and passwords to this file (mode 0600).")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def create(name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat, memory_gb_per_seat, gpu_type,
            partition, materials, branch, announcement, csv_path, state_dir):
     """Create workshop NAME; prints the seats as CSV (login, generated password, expiry, URL)."""
     manager = _manager(state_dir)
-    ws, seats_csv = _run(lambda: manager.create(
+    ws, seats_csv = manager.create(
         name, seats, trainer, start=start, duration=duration, gpus_per_seat=gpus_per_seat,
         cpus_per_seat=cpus_per_seat, memory_gb_per_seat=memory_gb_per_seat, gpu_type=gpu_type,
-        partition=partition, materials=materials, branch=branch, announcement=announcement))
+        partition=partition, materials=materials, branch=branch, announcement=announcement)
     if csv_path:
-        fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(seats_csv)
+        write_private(csv_path, seats_csv)
     click.echo(seats_csv, nl=False)
     click.echo(f"# workshop {ws.name}: {ws.seats} seats, reservation {ws.reservation} ({ws.nodes} node(s)), "
                f"{ws.start_time:%Y-%m-%d %H:%M}-{ws.end_time:%H:%M} UTC; trainer page: "
@@ -75,11 +61,12 @@ def create(name, seats, trainer, start, duration, gpus_per_seat, cpus_per_seat, 
 @workshop.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def status(name, as_json, state_dir):
     """Who is running, idle, queued or failed in workshop NAME."""
     manager = _manager(state_dir)
-    ws, rows = _run(lambda: manager.status(name))
+    ws, rows = manager.status(name)
     if as_json:
         click.echo(json.dumps({"workshop": ws.name, "state": ws.state, "participants": rows}, indent=1))
         return
@@ -98,11 +85,12 @@ def status(name, as_json, state_dir):
 @click.argument("name")
 @click.option("--archive-dir", type=click.Path(file_okay=False), default=None,
               help="Where to put one archive per participant (default: the workshop's folder).")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def end(name, archive_dir, state_dir):
     """Stop servers, archive participants' work, remove seats and the reservation. Safe to repeat."""
     manager = _manager(state_dir)
-    ws, done = _run(lambda: manager.end(name, archive_dir))
+    ws, done = manager.end(name, archive_dir)
     if not done:
         click.echo(f"workshop {ws.name} already ended ({ws.ended_at}); nothing is left to remove")
     for line in done:
@@ -113,7 +101,8 @@ def end(name, archive_dir, state_dir):
 
 @workshop.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@state_dir_option
+@state_dir_option()
+@cli_errors
 def list_(as_json, state_dir):
     """All workshops of the platform, ended ones included."""
     manager = _manager(state_dir)

@@ -4,7 +4,7 @@ A trainer (or a hub admin) logs in through the hub and sees, for each of their w
 running, idle, queued in Slurm or failed, with one click into a participant's server (the
 trainer's role grants `access:servers` on the workshop group), and starts or stops a
 participant's session. The status comes from the same code as `aif workshop status`
-(workshops.py), with this service's own read-only hub token; start and stop go to the hub with the
+(manager.py), with this service's own read-only hub token; start and stop go to the hub with the
 trainer's own OAuth token (the service may ask for `servers`, the hub grants only the trainer's
 `servers!group=`), so the hub, not this page, decides what a trainer may do.
 """
@@ -15,46 +15,19 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import requests
-from jinja2 import Environment, select_autoescape
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..common.procutil import die_with_parent
-from .workshops import WorkshopError, WorkshopManager
+from ...common.envvars import STATE_DIR
+from ...common.procutil import die_with_parent
+from .manager import WorkshopManager
+from .record import WorkshopError
 
-PAGE = Environment(autoescape=select_autoescape(default=True)).from_string("""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="15">
-<title>{{ title }}</title>
-<style>
- body { font-family: sans-serif; margin: 2em; } table { border-collapse: collapse; }
- td, th { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }
- .running { color: #1a7f37; } .idle { color: #9a6700; } .queued, .starting { color: #0969da; }
- .failed { color: #cf222e; font-weight: bold; } #notice.error { color: #cf222e; }
-</style></head><body>
-<p><a href="/hub/home">Hub home</a></p>
-{% if rows is none %}
-<h1>Your workshops</h1>
-<ul>{% for ws in workshops %}<li><a href="{{ prefix }}{{ ws.name }}">{{ ws.name }}</a> ({{ ws.state }},
- {{ ws.seats }} seats, {{ ws.start[:16] }} - {{ ws.end[11:16] }} UTC)</li>{% else %}<li>none</li>{% endfor %}</ul>
-{% else %}
-<h1>Workshop {{ ws.name }}</h1>
-<p>{{ ws.state }}, {{ ws.seats }} seats, {{ ws.start[:16] }} - {{ ws.end[11:16] }} UTC, reservation
- {{ ws.reservation }}. {% for state, n in counts %}{{ n }} {{ state }}{% if not loop.last %}, {% endif %}{% endfor %}</p>
-{% if notice %}<p id="notice" class="{{ notice.kind }}">{{ notice.text }}</p>{% endif %}
-<table id="participants"><tr><th>participant</th><th>state</th><th>detail</th><th></th><th></th></tr>
-{% for row in rows %}<tr data-login="{{ row.login }}"><td>{{ row.login }}</td>
- <td class="{{ row.state.split()[0] }}">{{ row.state }}</td><td>{{ row.detail }}</td>
- <td>{% if row.url %}<a href="{{ row.url }}lab" target="_blank">open</a>{% endif %}</td>
- <td><form method="post" action="{{ prefix }}{{ ws.name }}/servers/{{ row.login }}">
-  <input type="hidden" name="_xsrf" value="{{ xsrf }}">
-  {% if row.state in stoppable %}<button name="action" value="stop">stop</button>
-  {% elif row.state in startable %}<button name="action" value="start">start</button>{% endif %}
- </form></td></tr>
-{% endfor %}</table>
-{% endif %}
-</body></html>""")
+PAGE = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
+                   autoescape=select_autoescape(default=True)).get_template("trainer.html")
 
 
 class HubAPI:
@@ -196,7 +169,7 @@ def make_app(prefix, manager):
 async def serve():
     from urllib.parse import urlparse
 
-    manager = WorkshopManager(HubAPI(os.environ["AIF_STATE_DIR"]), unix_accounts=False)
+    manager = WorkshopManager(HubAPI(STATE_DIR.get()), unix_accounts=False)
     app = make_app(os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/workshops/"), manager)
     bind = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     app.listen(bind.port, bind.hostname)
