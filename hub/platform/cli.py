@@ -1,7 +1,8 @@
-"""`aif up`, `aif status`, `aif config show`, `aif user ...`."""
+"""`aif up`, `aif status`, `aif config show|generate`, `aif user ...`."""
 
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -109,7 +110,7 @@ def status(state_dir, config_file):
 
 @click.group()
 def config():
-    """Inspect the platform configuration."""
+    """Inspect the platform configuration, or write the documented example."""
 
 
 @config.command("show")
@@ -124,6 +125,21 @@ def config_show(state_dir, config_file):
     for obj in (platform, mlflow):
         for name in sorted(obj.traits(config=True)):
             click.echo(f"{type(obj).__name__}.{name} = {getattr(obj, name)!r}")
+
+
+@config.command("generate")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+def config_generate(output):
+    """Write the example config: every setting with its help and default, then site examples."""
+    from .example import example_config
+
+    text = example_config()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output}", err=True)
 
 
 @click.group()
