@@ -194,6 +194,15 @@
 #  Default: ''
 # c.AIFSlurmSpawner.req_srun = ''
 
+## Seconds the spawner waits, once the server reported its port, for it to accept connections (a
+#  TCP connect every 0.1 s) before handing it to the hub. The hub's own wait
+#  (Spawner.http_timeout) backs off exponentially, up to seconds between probes, so it noticed a
+#  started JupyterLab up to 3 s late; after this wait its first probe answers. Past this time
+#  (or close to start_timeout) the hub's wait takes over. 0: hand the server over at its port
+#  report, as stock batchspawner.
+#  Default: 60.0
+# c.AIFSlurmSpawner.server_ready_timeout = 60.0
+
 ## squeue executable (and leading arguments) for the shared poller, e.g. to add
 #  `--clusters=mn5`. It runs as the hub user, once per refresh for all jobs.
 #  Default: 'squeue'

@@ -18,12 +18,14 @@ Built on `batchspawner.SlurmSpawner`, with what a shared supercomputer needs on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchspawner import SlurmSpawner
@@ -47,6 +49,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 BATCH_SCRIPT = (TEMPLATES / "batch_script.sh").read_text()
 SPAWN_FORM = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True).get_template("spawn_form.html")
 #: the AIF_* variables the batch script exports, by their registry names (aif.SLURM_JOB_ID, ...)
+READY_POLL_S = 0.1  # between TCP connects to a starting server: cheap, and a tenth of the hub's first wait
 SESSION_VARS = {var: getattr(envvars, var).name for var in ("SLURM_JOB_ID", "SLURM_NODE", "GPUS", "WALLTIME_END")}
 
 
@@ -54,6 +57,51 @@ SESSION_VARS = {var: getattr(envvars, var).name for var in ("SLURM_JOB_ID", "SLU
 def _compiled(template_text):
     """A batch script template compiled once per text, not once per start."""
     return Template(template_text)
+
+
+@dataclass(frozen=True)
+class WorkshopOffers:
+    """What the active workshops add to every user's choice: parsed once per change of their records."""
+
+    workshops: tuple = ()
+    profiles: tuple = ()  # Profile objects, pinned to each workshop's reservation
+    group_limits: tuple = ()  # (group, {"profiles": [its profile]}) per workshop
+
+
+_WORKSHOP_OFFERS: dict = {}  # workshops folder -> (WorkshopBook.stamp(), WorkshopOffers), per hub
+
+
+def workshop_offers(folder):
+    """The active workshops of `folder`, re-read only when one of its records changed."""
+    if not folder:
+        return WorkshopOffers()
+    book = WorkshopBook(folder)
+    stamp = book.stamp()
+    cached = _WORKSHOP_OFFERS.get(folder)
+    if cached is None or cached[0] != stamp:
+        active = tuple(book.active())
+        offers = WorkshopOffers(active, tuple(Profile.from_config(ws.profile()) for ws in active),
+                                tuple((ws.group, {"profiles": [ws.profile_name]}) for ws in active))
+        cached = _WORKSHOP_OFFERS[folder] = (stamp, offers)
+    return cached[1]
+
+
+async def accepts_connections(host, port, timeout=1.0):
+    """Something listens on host:port (a TCP connect, closed at once)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def user_can_execute(username, path):
+    """`path` is executable by `username` (every parent directory traversable), tested as that user."""
+    probe = await asyncio.create_subprocess_exec("runuser", "-u", username, "--", "test", "-x", str(path))
+    return await probe.wait() == 0
 
 
 def spawn_failure(message, reason, status_code=500):
@@ -177,6 +225,16 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         starting spawners share one squeue call per interval.""",
     ).tag(config=True)
 
+    server_ready_timeout = Float(
+        60.0,
+        help="""Seconds the spawner waits, once the server reported its port, for it to accept
+        connections (a TCP connect every 0.1 s) before handing it to the hub. The hub's own wait
+        (Spawner.http_timeout) backs off exponentially, up to seconds between probes, so it
+        noticed a started JupyterLab up to 3 s late; after this wait its first probe answers.
+        Past this time (or close to start_timeout) the hub's wait takes over. 0: hand the
+        server over at its port report, as stock batchspawner.""",
+    ).tag(config=True)
+
     @observe("port")
     def _wake_start_on_port(self, change):
         if change["new"] and getattr(self, "_port_reported", None) is not None:
@@ -249,20 +307,24 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.restored_request = None
         self._submitted_at = None
         self._port_reported = None
+        self._listening = False
+        self._parsed_profiles = None
 
     # ---- profiles and validation -------------------------------------------------------------
-    def _workshops(self):
-        return WorkshopBook(self.workshops_dir).active() if self.workshops_dir else []
+    @observe("profiles")
+    def _forget_parsed_profiles(self, change):
+        self._parsed_profiles = None
 
-    def profile_entries(self):
-        """The configured profiles plus those of active workshops."""
-        return [*self.profiles, *(ws.profile() for ws in self._workshops())]
+    def all_profiles(self):
+        """The configured profiles (parsed once) plus those of the active workshops."""
+        if getattr(self, "_parsed_profiles", None) is None:
+            self._parsed_profiles = tuple(Profile.from_config(entry) for entry in self.profiles)
+        return [*self._parsed_profiles, *workshop_offers(self.workshops_dir).profiles]
 
     def user_allowances(self):
-        profiles = [Profile.from_config(entry) for entry in self.profile_entries()]
-        group_limits = {**self.group_limits, **{ws.group: {"profiles": [ws.profile_name]} for ws in self._workshops()}}
+        group_limits = {**self.group_limits, **dict(workshop_offers(self.workshops_dir).group_limits)}
         limits = {g: GroupLimit.from_config(g, e) for g, e in group_limits.items()}
-        return allowances(profiles, limits, self._user_groups())
+        return allowances(self.all_profiles(), limits, self._user_groups())
 
     def _user_groups(self):
         return [g.name for g in getattr(self.user, "groups", [])]
@@ -273,7 +335,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             self._configured_prologue, self._configured_default_url = self.req_prologue, self.default_url
         self.req_prologue, self.default_url = self._configured_prologue, self._configured_default_url
         groups = self._user_groups()
-        for ws in self._workshops():
+        for ws in workshop_offers(self.workshops_dir).workshops:
             if ws.group in groups and ws.materials:
                 self.req_prologue = "\n".join(filter(None, [self._configured_prologue,
                                                              ws.materials_pull(str(VENV_BIN / "gitpuller"))]))
@@ -281,6 +343,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
                 return
 
     def _render_form(self):
+        self._reachability_check()  # runs while the user reads the form, done by the time they submit
         return SPAWN_FORM.render(allowed=self.user_allowances(), notice=self.end_notice,
                                     environments=self.environments)
 
@@ -335,8 +398,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         subvars = self.get_req_subvars()
         request = self.session_request
         environment = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.environment)
-        profile = {p["name"]: p for p in self.profile_entries()}[request.profile]
-        image = profile.get("image", "")
+        image = next(p.image for p in self.all_profiles() if p.name == request.profile)
         cmd = self.cmd_formatted_for_batch()
         if request.notebook_env:
             image, cmd, env_exports = self._notebook_env_command(request.notebook_env)
@@ -386,6 +448,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.node = ""
         self.end_notice = ""  # shown on the form after the previous session; now outdated
         self._prepare_workshop_materials()
+        self._start_began = time.monotonic()
         await self._check_python_reachable()
         try:
             job_id = await self.submit_batch_script()
@@ -407,8 +470,30 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
                 snapshot = await self.poller.get(max_age=2)
                 if snapshot.phase(job_id) in ("finished", "gone"):
                     raise spawn_failure(self.failure_message(snapshot), "job ended")
+        await self._wait_until_listening(job_id)
         self.db.commit()
         return self.ip, self.port
+
+    async def _wait_until_listening(self, job_id):
+        """Return once the server accepts connections, or when its time is up; fail if the job ends."""
+        self._listening = False
+        if not self.server_ready_timeout:
+            return
+        # leave the hub the last seconds of start_timeout, so it can still stop a hung server itself
+        deadline = min(time.monotonic() + self.server_ready_timeout, self._start_began + self.start_timeout - 5)
+        next_check = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if await accepts_connections(self.ip, self.port):
+                self._listening = True
+                return
+            if time.monotonic() >= next_check:
+                snapshot = await self.poller.get(max_age=2)
+                if snapshot.phase(job_id) in ("finished", "gone"):
+                    raise spawn_failure(self.failure_message(snapshot), "job ended")
+                next_check = time.monotonic() + 2
+            await asyncio.sleep(READY_POLL_S)
+        self.log.info("%s: server on %s:%s not listening yet; the hub's own wait takes over",
+                      self._log_name, self.ip, self.port)
 
     async def _wait_until_running(self, submitted):
         newer_than = submitted
@@ -493,7 +578,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
                 parts.append(f"expected start {job.start_time}")
             return {"progress": 30, "message": ", ".join(parts)}
         if phase == "running":
-            ready = "JupyterLab is starting" if not self.port else "JupyterLab is up"
+            ready = "JupyterLab is up" if self._listening else "JupyterLab is starting"
             return {"progress": 80, "message": f"Job {self.job_id} started on node {job.node}; {ready}"}
         if phase == "unknown":
             return {"progress": 20, "message": f"Slurm is not answering ({snapshot.error}); still waiting"}
@@ -519,21 +604,34 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
             return ""
         return "\n".join(lines[-self.output_tail_lines:])
 
-    _reachable_checked: set = set()
+    # (user, venv) -> the task checking that the user can run the hub's venv; shared by the hub's
+    # spawners, kept when it passed (a failed check runs again: the operator may have fixed it)
+    _reachability: dict = {}
+
+    def _reachability_check(self):
+        """The (started or finished) check for this user, or None where it does not apply."""
+        if os.geteuid() != 0:
+            return None  # jobs run as the hub's own user
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # a form rendered outside the hub (tests): start() checks
+        key = (self.user.name, str(VENV_BIN))
+        task = self._reachability.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() or not task.result())):
+            task = self._reachability[key] = asyncio.ensure_future(
+                user_can_execute(self.user.name, VENV_BIN / "jupyterhub-singleuser"))
+        return task
 
     async def _check_python_reachable(self):
         """Fail before submitting when the user cannot run the hub's venv (root-only home...)."""
-        key = (self.user.name, str(VENV_BIN))
-        if key in self._reachable_checked or os.geteuid() != 0:
-            return
-        target = VENV_BIN / "jupyterhub-singleuser"
-        probe = await asyncio.create_subprocess_exec("runuser", "-u", self.user.name, "--", "test", "-x", str(target))
-        if await probe.wait() != 0:
+        task = self._reachability_check()
+        if task is not None and not await asyncio.shield(task):
             raise spawn_failure(
-                f"{target} is not executable by user {self.user.name!r}: jobs run as that user, so the "
-                "hub's virtual environment must be outside root-only directories (every parent o+rx)", "config"
+                f"{VENV_BIN / 'jupyterhub-singleuser'} is not executable by user {self.user.name!r}: jobs run "
+                "as that user, so the hub's virtual environment must be outside root-only directories "
+                "(every parent o+rx)", "config"
             )
-        self._reachable_checked.add(key)
 
     # ---- state across hub restarts -----------------------------------------------------------
     def get_state(self):

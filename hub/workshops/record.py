@@ -161,6 +161,21 @@ class WorkshopBook:
         tmp.write_text(json.dumps(asdict(workshop), indent=1))
         os.replace(tmp, folder / "workshop.json")
 
+    def stamp(self):
+        """What changes whenever a record is written, without reading any: (name, mtime, size) each."""
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return ()
+        stamps = []
+        for entry in entries:
+            try:
+                info = os.stat(os.path.join(entry.path, "workshop.json"))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            stamps.append((entry.name, info.st_mtime_ns, info.st_size, info.st_ino))
+        return tuple(stamps)
+
     def all(self):
         if not self.root.is_dir():
             return []

@@ -17,7 +17,10 @@ set -euo pipefail
 # what the session knows about its own job (shown by the session-info extension)
 export {{aif.SLURM_JOB_ID}}="$SLURM_JOB_ID" {{aif.SLURM_NODE}}="$SLURMD_NODENAME"
 export {{aif.GPUS}}="${CUDA_VISIBLE_DEVICES:-}"
-export {{aif.WALLTIME_END}}="$(date -u -d "@$(( $(date +%s) + {{walltime_seconds}} ))" +%Y-%m-%dT%H:%M:%SZ)"
+# bash's own clock (4.2+), not two `date` processes in every session's start
+printf -v aif_now '%(%s)T' -1
+TZ=UTC0 printf -v {{aif.WALLTIME_END}} '%(%Y-%m-%dT%H:%M:%SZ)T' "$(( aif_now + {{walltime_seconds}} ))"
+export {{aif.WALLTIME_END}}
 {{environment}}
 {{prologue}}
 {% if srun %}{{srun}} {% endif %}{{image_prefix}}{{cmd}}
