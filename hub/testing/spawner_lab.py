@@ -126,6 +126,18 @@ class SpawnerLab:
         response.raise_for_status()
         return response.json()["token"]
 
+    def wait_ready(self, user, timeout=90):
+        """The user's model once their server is up; fails at once when the spawn ended without one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"/users/{user}").json()
+            if model["server"] and not model["pending"]:
+                return model
+            if not model["pending"] and not model["server"]:
+                raise AssertionError(f"{user}'s spawn ended without a server; hub log:\n{self.log_text()[-3000:]}")
+            time.sleep(0.25)
+        raise AssertionError(f"{user} not ready within {timeout}s; hub log:\n{self.log_text()[-3000:]}")
+
     def log_text(self):
         path = self.state_dir / "hub.log"
         return path.read_text(errors="replace") if path.exists() else ""
