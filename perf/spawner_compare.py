@@ -144,7 +144,8 @@ def measure_login(sides, users, rounds):
 
 
 def _summary(values):
-    return {"n": len(values), "p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 95), 3)}
+    return {"n": len(values), "p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 95), 3),
+            "mean_s": round(statistics.mean(values), 3), "values_s": [round(v, 3) for v in values]}
 
 
 def measure_queries(side, counter, levels, window):
