@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,10 @@ from pathlib import Path
 from jupyterhub.auth import Authenticator
 from traitlets import Unicode, default
 
-USERNAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+from ..common.envvars import STATE_DIR
+from ..common.files import replace_private
+from .unix_accounts import AccountError, check_name
+
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -63,26 +65,16 @@ class UsersFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             users = self.read()
             yield users
-            tmp = self.path.with_suffix(".tmp")
-            try:
-                with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as f:
-                    json.dump(users, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            except OSError:
-                tmp.unlink(missing_ok=True)  # e.g. a full disk: the users file stays as it was
-                raise
+            # e.g. on a full disk the users file stays as it was
+            replace_private(self.path, json.dumps(users, indent=1, sort_keys=True))
 
     def add(self, name, password=None, admin=False, groups=(), expires=None, replace=False):
         """Create (or with replace=True, reset) an account; returns its password."""
-        if not USERNAME_PATTERN.match(name):
-            raise ValueError(
-                f"user name {name!r} is invalid: use lower-case letters, digits, '-' and '_', "
-                "starting with a letter or '_', at most 32 characters"
-            )
+        check_name(name)  # sessions run as the Unix account of the same name
         password = password or generate_password()
         with self.editing() as users:
             if name in users and not replace:
-                raise ValueError(f"user {name!r} already exists")
+                raise AccountError(f"user {name!r} already exists")
             users[name] = {
                 "password": hash_password(password),
                 "admin": bool(admin),
@@ -115,7 +107,7 @@ class AIFLocalAuthenticator(Authenticator):
 
     @default("users_file")
     def _default_users_file(self):
-        return os.path.join(os.environ.get("AIF_STATE_DIR", "."), "users.json")
+        return os.path.join(STATE_DIR.get("."), "users.json")
 
     @default("manage_groups")
     def _default_manage_groups(self):

@@ -10,16 +10,16 @@ import click
 
 # command name -> "module:attribute" of a click command or group
 SUBCOMMANDS = {
-    "up": "aifactory.hub.platform_cli:up",
-    "status": "aifactory.hub.platform_cli:status",
-    "config": "aifactory.hub.platform_cli:config",
-    "user": "aifactory.hub.platform_cli:user",
-    "cluster": "aifactory.hub.cluster_cli:cluster",
+    "up": "aifactory.hub.platform.cli:up",
+    "status": "aifactory.hub.platform.cli:status",
+    "config": "aifactory.hub.platform.cli:config",
+    "user": "aifactory.hub.platform.cli:user",
+    "cluster": "aifactory.hub.cluster.cli:cluster",
     "bench": "aifactory.benchmarks.cli:bench",
     "compare": "aifactory.benchmarks.compare_cli:compare",
     "report": "aifactory.benchmarks.compare_cli:report",
     "images": "aifactory.images.cli:images",
-    "workshop": "aifactory.hub.workshop_cli:workshop",
+    "workshop": "aifactory.hub.workshops.cli:workshop",
 }
 
 

@@ -1,7 +1,8 @@
 """Local Unix accounts for people whose sessions run as Slurm jobs (mini-cluster, workshop seats).
 
 Jobs run as the user (`runuser -u NAME`), so every hub user who spawns needs an account on the
-nodes. A site with a directory service (LDAP, IdM) provisions them there instead.
+nodes, and a hub user name must be a valid Unix name (`check_name`, used by the users file too).
+A site with a directory service (LDAP, IdM) provisions the accounts there instead.
 """
 
 import grp
@@ -9,11 +10,22 @@ import pwd
 import re
 import subprocess
 
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+from ..common.errors import AIFError
+
+#: a portable Unix user or group name (useradd's default rule), at most 32 characters
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
-class AccountError(RuntimeError):
-    """A Unix account could not be made; the message says which and why."""
+class AccountError(AIFError):
+    """An account name was refused or a Unix account could not be made; the message says which and why."""
+
+
+def check_name(name, what="user name"):
+    """Refuse a name that cannot be a Unix account or group, naming the rule."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise AccountError(f"{what} {name!r} is invalid: use lower-case letters, digits, '-' and '_', "
+                           "starting with a letter or '_', at most 32 characters")
+    return name
 
 
 def _run(cmd):
@@ -24,15 +36,13 @@ def _run(cmd):
 
 def ensure_unix_user(name, groups=()):
     """A Unix user with a home directory (idempotent), in the given Unix groups."""
-    if not USERNAME_RE.match(name):
-        raise AccountError(f"user name {name!r}: expected lowercase letters, digits, '_' or '-'")
+    check_name(name)
     try:
         pwd.getpwnam(name)
     except KeyError:
         _run(["useradd", "--create-home", "--shell", "/bin/bash", name])
     for group in groups:
-        if not USERNAME_RE.match(group):
-            raise AccountError(f"group name {group!r}: expected lowercase letters, digits, '_' or '-'")
+        check_name(group, "group name")
         try:
             grp.getgrnam(group)
         except KeyError:

@@ -27,11 +27,10 @@ from pathlib import Path
 import psutil
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
+from aifactory.common.net import free_port
 from aifactory.hub.cluster import MiniCluster
-from aifactory.hub.platform import Platform, free_port
-from platform_fixtures import login, open_lab
+from aifactory.hub.platform import Platform
+from aifactory.hub.testing.platform import login, open_lab
 
 USER_PREFIX = "aifscale"
 PROFILE = "cpu"  # the resource form's choice: CPU sessions fit the mini-cluster 30 at a time

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from platform_fixtures import login, open_lab, run_in_kernel  # noqa: E402
-
-from aifactory.hub.platform import Platform, free_port  # noqa: E402
+from aifactory.common.net import free_port
+from aifactory.hub.platform import Platform
+from aifactory.hub.testing.kernel import run_in_kernel
+from aifactory.hub.testing.platform import login, open_lab
 
 NAIVE_LOOP = """
 import json, os, time, mlflow

@@ -9,10 +9,12 @@ Prints JSON:
   squeue on the hub's PATH; sessions here are featherweight servers, see spawner_tiny_session.py).
 
 Needs root (mini-cluster, Unix users). Usage: python perf/spawner_compare.py [--out FILE] [--quick]
+[--repeats N] [--settle S] [--ours-config TEXT] (see --help).
 """
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -24,11 +26,17 @@ from pathlib import Path
 import requests
 
 from aifactory.hub.cluster import MiniCluster
-from aifactory.hub.spawner_lab import VENV, SpawnerLab
+from aifactory.hub.testing.spawner_lab import VENV, SpawnerLab
 
 HERE = Path(__file__).resolve().parent
 USERS = [f"aifperf{i:02d}" for i in range(50)]
 POLL_INTERVAL = 10  # Spawner.poll_interval for both hubs (JupyterHub's default is 30)
+# Between rounds the cluster is left with no job and then this long, for both sides alike: a job
+# submitted while the previous round's job is still ending is started as soon as that one ends,
+# one submitted later waits for slurmctld's next pass (0.1-2 s on the mini-cluster). Stock's
+# stop() returns before its job has ended, ours waits for it, so without the pause the order of
+# the rounds, not the spawner, decided a second of each login.
+SETTLE_S = 2.0
 
 STOCK_CONFIG = f"""
 c.SlurmSpawner.exec_prefix = "runuser -u {{username}} --"
@@ -57,13 +65,16 @@ def percentile(values, q):
 class Side:
     """One hub with one spawner kind, on the shared cluster."""
 
-    def __init__(self, kind, cluster, shim_dir, workdir, tiny=False):
+    def __init__(self, kind, cluster, shim_dir, workdir, tiny=False, settle=SETTLE_S, extra_config=""):
         config = (STOCK_CONFIG if kind == "stock" else OURS_CONFIG) + f"\nc.Spawner.poll_interval = {POLL_INTERVAL}\n"
+        config += extra_config + "\n"
         if tiny:
             config += f'{CMD[kind]} = ["{HERE / "spawner_tiny_session.py"}"]\n'
         spawner = "batchspawner.SlurmSpawner" if kind == "stock" else "aif-slurm"
         env = {**cluster.env(), "PATH": f"{shim_dir}:{VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
         self.kind = kind
+        self.cluster = cluster
+        self.settle = settle
         self.lab = SpawnerLab(workdir / f"hub-{kind}-{'tiny' if tiny else 'lab'}", spawner_class=spawner,
                               extra_config=config, env=env)
 
@@ -84,6 +95,18 @@ class Side:
                 return time.perf_counter() - start
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind}: {user} got no JupyterLab within {timeout}s")
+
+    def stop_all(self, timeout):
+        """Stop every session, then let the cluster settle: no job left, then `settle` seconds."""
+        self.lab.stop_all_servers(timeout=timeout)
+        if not self.settle:
+            return  # as before the settle existed: the next round starts while jobs may still end
+        deadline = time.monotonic() + timeout
+        while self.cluster.run(["squeue", "-h", "-o", "%i"], check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind}: jobs still in the queue {timeout}s after the stop")
+            time.sleep(0.2)
+        time.sleep(self.settle)
 
     def spawn_api(self, user):
         options = {"profile": "cpu"} if self.kind == "ours" else {}
@@ -106,11 +129,11 @@ def measure_login(sides, users, rounds):
     order = [sides[0], sides[1], sides[1], sides[0]] * ((rounds * 2 + 3) // 4)
     for side in order[:rounds * 2]:
         single[side.kind].append(side.login_to_lab(users[0]))
-        side.lab.stop_all_servers(timeout=120)
+        side.stop_all(timeout=120)
     for side in order[:4]:
         with ThreadPoolExecutor(len(users)) as pool:
             crowd[side.kind] += list(pool.map(side.login_to_lab, users))
-        side.lab.stop_all_servers(timeout=180)
+        side.stop_all(timeout=180)
     return {
         side.kind: {
             "one_user": _summary(single[side.kind]),
@@ -121,7 +144,8 @@ def measure_login(sides, users, rounds):
 
 
 def _summary(values):
-    return {"n": len(values), "p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 95), 3)}
+    return {"n": len(values), "p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 95), 3),
+            "mean_s": round(statistics.mean(values), 3), "values_s": [round(v, 3) for v in values]}
 
 
 def measure_queries(side, counter, levels, window):
@@ -150,7 +174,7 @@ def measure_overhead(sides, user, rounds):
         side.spawn_api(user)
         side.wait_running([user], timeout=120)
         times[side.kind].append(time.perf_counter() - start)
-        side.lab.stop_all_servers(timeout=60)
+        side.stop_all(timeout=60)
     return {kind: _summary(values) for kind, values in times.items()}
 
 
@@ -176,13 +200,26 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer users and shorter windows (smoke run)")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only spawn-to-ready with featherweight servers (spawner overhead, ~2 min)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="single-user logins per side (default 2 with --quick, else 4), in ABBA order")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help=f"seconds between rounds once no job is left (default {SETTLE_S}); 0: no wait at all")
+    parser.add_argument("--ours-config", default="",
+                        help="extra config lines for our hub, e.g. to switch one feature off for a comparison")
     args = parser.parse_args()
     # repeats: single-user logins per side; the crowd runs twice per side (ABBA)
     crowd, repeats, levels, window = (5, 2, (1, 5), 20) if args.quick else (20, 4, (1, 10, 50), 30)
+    repeats = args.repeats or repeats
     workdir = Path(tempfile.mkdtemp(prefix="aif-spawner-perf-"))
     workdir.chmod(0o755)
     cluster = MiniCluster(workdir / "cluster")
-    result = {"machine": _machine(), "poll_interval_s": POLL_INTERVAL, "window_s": window}
+    result = {"machine": _machine(), "poll_interval_s": POLL_INTERVAL, "window_s": window,
+              "settle_s": args.settle, "ours_config": args.ours_config}
+
+    def make_side(kind, tiny=False):
+        return Side(kind, cluster, shim, workdir, tiny=tiny, settle=args.settle,
+                    extra_config=args.ours_config if kind == "ours" else "")
+
     try:
         cluster.up()
         for user in USERS[:max(crowd, max(levels))]:
@@ -190,7 +227,7 @@ def main():
         shim, counter = make_shim(workdir)
         users = USERS[:max(crowd, max(levels))]
         if args.overhead_only:
-            sides = [Side(kind, cluster, shim, workdir, tiny=True) for kind in ("stock", "ours")]
+            sides = [make_side(kind, tiny=True) for kind in ("stock", "ours")]
             try:
                 for side in sides:
                     side.lab.start()
@@ -201,7 +238,7 @@ def main():
                     side.lab.stop()
             _emit(result, args.out)
             return
-        sides = [Side(kind, cluster, shim, workdir) for kind in ("stock", "ours")]
+        sides = [make_side(kind) for kind in ("stock", "ours")]
         try:
             for side in sides:
                 side.lab.start()
@@ -213,11 +250,11 @@ def main():
                 side.lab.stop()
         print("login-to-lab done", file=sys.stderr)
         for kind in ("stock", "ours"):
-            side = Side(kind, cluster, shim, workdir, tiny=True)
-            with side.lab:
+            tiny = make_side(kind, tiny=True)
+            with tiny.lab:
                 for user in users:
-                    side.lab.add_user(user)
-                result.setdefault("squeue_calls_per_min", {})[kind] = measure_queries(side, counter, levels, window)
+                    tiny.lab.add_user(user)
+                result.setdefault("squeue_calls_per_min", {})[kind] = measure_queries(tiny, counter, levels, window)
             print(f"{kind} squeue counts done", file=sys.stderr)
         result["ratios_ours_vs_stock"] = _ratios(result)
     finally:
@@ -229,6 +266,7 @@ def main():
 
 
 def _emit(result, out):
+    result["machine"]["load_after"] = round(os.getloadavg()[0], 2)
     text = json.dumps(result, indent=2)
     print(text)
     if out:
@@ -247,10 +285,10 @@ def _ratios(result):
 
 
 def _machine():
-    import os
     import platform
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node(),
+            "load_before": round(os.getloadavg()[0], 2)}
 
 
 if __name__ == "__main__":

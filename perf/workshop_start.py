@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,15 +24,13 @@ from pathlib import Path
 
 import psutil
 import requests
+from login_scale import hub_cpu_s, percentile, wait_ready  # perf/, the script's own folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from aifactory.common.net import free_port
 from aifactory.hub.cluster import ClusterSpec, MiniCluster
-from aifactory.hub.platform import Platform, free_port
-from aifactory.hub.workshops import WorkshopManager
-from login_scale import hub_cpu_s, percentile, wait_ready
-from platform_fixtures import login, open_lab
+from aifactory.hub.platform import Platform
+from aifactory.hub.testing.platform import login, open_lab
+from aifactory.hub.workshops.manager import WorkshopManager
 
 NAME, TRAINER = "perfclass", "perf-trainer"
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from platform_fixtures import login, start_server, unique_user
+from aifactory.hub.testing.platform import login, start_server, unique_user
 
 SECRET = f"victim-secret-{uuid.uuid4().hex}"
 MARKER = f"aif-traversal-{uuid.uuid4().hex[:12]}"  # the name every traversal upload tries to write

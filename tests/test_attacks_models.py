@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from platform_fixtures import _execute, start_server, unique_user
+from aifactory.hub.testing.kernel import execute
+from aifactory.hub.testing.platform import start_server, unique_user
 from tornado.ioloop import IOLoop
 
 SEED = 20261121
@@ -291,7 +292,7 @@ def test_corrupt_models_in_a_kernel_leave_the_kernel_and_the_hub_alive(platform)
         kernel_id = kernel.json()["id"]
 
         def run(code):
-            return IOLoop().run_sync(lambda: _execute(server, kernel_id, headers, code), timeout=120)
+            return IOLoop().run_sync(lambda: execute(server, kernel_id, headers, code), timeout=120)
 
         assert "named [True, True, True, True, True, True]" in run(LOAD_CORRUPT)
         # uncaught in a cell: an error in the notebook, not a dead kernel

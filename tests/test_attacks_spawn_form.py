@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado import web
 
-from aifactory.hub.profiles import USER_FIELDS, OptionsError
-from aifactory.hub.spawner import VENV_BIN, AIFSlurmSpawner
+from aifactory.hub.spawner.profiles import USER_FIELDS, OptionsError
+from aifactory.hub.spawner.slurm import VENV_BIN, AIFSlurmSpawner
 
 ENVIRONMENTS = {
     "pytorch-onnx": {"image": "/gpfs/apps/aif/images/pytorch-onnx-2026.11.1.sif",

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import requests
-from platform_fixtures import unique_user
+from aifactory.hub.testing.platform import unique_user
 
 from aifactory.benchmarks.config import BenchmarkConfig
 from aifactory.benchmarks.results import read_marker

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from aifactory.benchmarks.testing import tiny_config
 from aifactory.hub.cli import main
-from conftest import require, require_binary, require_root
+from aifactory.hub.testing.ci import require, require_binary, require_root
 
 pytestmark = pytest.mark.slurm
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from aifactory.hub.cluster import ClusterError, MiniCluster
-from aifactory.hub.cluster_cli import cluster as cluster_cli
-from conftest import require_binary, require_root
+from aifactory.hub.cluster.cli import cluster as cluster_cli
+from aifactory.hub.testing.ci import require_binary, require_root
 
 pytestmark = pytest.mark.slurm
 USER = "aif-ctest"

@@ -201,7 +201,7 @@ def test_empty_selection_is_a_clear_error(bench):
 
 
 def test_unreachable_server_is_one_clear_line_not_minutes_of_retries():
-    from conftest import free_port
+    from aifactory.common.net import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     for command in ("compare", "report"):

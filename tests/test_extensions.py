@@ -11,7 +11,7 @@ import nbclient
 import nbformat
 import pytest
 import requests
-from platform_fixtures import unique_user
+from aifactory.hub.testing.platform import unique_user
 
 from aifactory.benchmarks.reference import MODELS_DIR
 from aifactory.extensions.panels import BenchmarkPanel, ComparePanel, render_session

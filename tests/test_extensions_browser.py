@@ -8,8 +8,8 @@ import pathlib
 import re
 
 import pytest
-from conftest import require, require_binary
-from platform_fixtures import unique_user
+from aifactory.hub.testing.ci import require, require_binary
+from aifactory.hub.testing.platform import unique_user
 
 from aifactory.extensions.server import EXAMPLES_DIR
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 import requests
-from conftest import mini_cluster
+from aifactory.hub.testing.cluster import mini_cluster
 
-from aifactory.hub.spawner_lab import SpawnerLab
+from aifactory.hub.testing.spawner_lab import SpawnerLab
 
 pytestmark = pytest.mark.slurm
 

@@ -17,9 +17,9 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from aifactory.hub.spawner_lab import SpawnerLab
+from aifactory.hub.testing.spawner_lab import SpawnerLab
 from aifactory.images import spawner_environments
-from conftest import mini_cluster
+from aifactory.hub.testing.cluster import mini_cluster
 from images_fixtures import default_venv  # noqa: F401
 
 pytestmark = pytest.mark.slurm
@@ -54,18 +54,6 @@ c.AIFSlurmSpawner.profiles = [
         lab.stop()
 
 
-def wait_ready(hub, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = hub.api("GET", f"/users/{USER}").json()
-        if model["server"] and not model["pending"]:
-            return model
-        if not model["pending"] and not model["server"]:
-            raise AssertionError(f"the spawn ended without a server; hub log:\n{hub.log_text()[-3000:]}")
-        time.sleep(0.25)
-    raise AssertionError(f"not ready within {timeout}s; hub log:\n{hub.log_text()[-3000:]}")
-
-
 def server_process():
     for proc in psutil.process_iter(["username", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
@@ -95,7 +83,7 @@ async def test_session_runs_inside_the_venv_and_the_example_notebook_imports_eve
     spec, path, _ = default_venv
     response = hub.api("POST", f"/users/{USER}/server", json={"profile": "cpu", "notebook_env": spec.name}, timeout=60)
     assert response.status_code in (201, 202), response.text
-    wait_ready(hub)
+    hub.wait_ready(USER, timeout=120)
     headers = {"Authorization": f"token {hub.user_token_value}"}
     assert requests.get(f"{hub.url}/user/{USER}/api/status", headers=headers, timeout=10).status_code == 200
 

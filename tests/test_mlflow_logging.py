@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import requests
-from platform_fixtures import login, open_lab, run_in_kernel
+from aifactory.hub.testing.kernel import run_in_kernel
+from aifactory.hub.testing.platform import login, open_lab
 
 
 def api(platform, token, method, endpoint, **kwargs):
@@ -159,7 +160,7 @@ def test_flush_waits_for_a_send_in_flight(mlflow_server, tmp_path):
 
 
 def test_unreachable_server_is_reported_and_nothing_is_dropped(tmp_path):
-    from conftest import free_port
+    from aifactory.common.net import free_port
 
     code = r"""
 import mlflow, time
@@ -185,7 +186,7 @@ mlflow.flush_async_logging()
 
 def test_bulk_store_stores_what_mlflows_store_stores(tmp_path):
     """Same batches into MLflow's store and the bulk store: same history, same latest values."""
-    from aifactory.hub.mlflow_bulk_store import BulkIngestStore
+    from aifactory.hub.tracking.bulk_store import BulkIngestStore
     from mlflow.entities import Metric
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 

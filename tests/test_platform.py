@@ -7,8 +7,9 @@ from pathlib import Path
 
 import requests
 
-from conftest import free_port
-from platform_fixtures import login, open_lab, run_in_kernel, unique_user
+from aifactory.common.net import free_port
+from aifactory.hub.testing.kernel import run_in_kernel
+from aifactory.hub.testing.platform import login, open_lab, unique_user
 
 AIF = [sys.executable, "-m", "aifactory.hub.cli"]
 

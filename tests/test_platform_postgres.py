@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, require
+from aifactory.common.net import free_port
+from aifactory.hub.testing.ci import require
 from test_platform import check_session_logging
 
 PG_BIN = Path("/usr/lib/postgresql")

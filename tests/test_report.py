@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import require, require_binary
+from aifactory.hub.testing.ci import require, require_binary
 
 from aifactory.benchmarks.compare import compare
 from aifactory.benchmarks.compare.report import log_reports, write_reports

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from aifactory.hub.profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
-from aifactory.hub.slurm_poller import Snapshot, parse_squeue
+from aifactory.hub.spawner.profiles import GroupLimit, OptionsError, Profile, allowances, resolve_request
+from aifactory.hub.spawner.poller import Snapshot, parse_squeue
 
 PROFILES = [
     Profile.from_config({"name": "gpu-1", "partition": "gpu", "gpu_types": ["h200", "a100"], "min_gpus": 1,

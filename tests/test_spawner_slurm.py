@@ -13,8 +13,8 @@ import psutil
 import pytest
 import requests
 
-from aifactory.hub.spawner_lab import SpawnerLab
-from conftest import mini_cluster
+from aifactory.hub.testing.spawner_lab import SpawnerLab
+from aifactory.hub.testing.cluster import mini_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -63,18 +63,6 @@ def spawn(hub, user, **options):
     return hub.api("POST", f"/users/{user}/server", json=options, timeout=60)
 
 
-def wait_ready(hub, user, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = hub.api("GET", f"/users/{user}").json()
-        if model["server"] and not model["pending"]:
-            return model
-        if not model["pending"] and not model["server"]:
-            raise AssertionError(f"{user}'s spawn ended without a server; hub log:\n{hub.log_text()[-3000:]}")
-        time.sleep(0.25)
-    raise AssertionError(f"{user} not ready within {timeout}s")
-
-
 def reach(hub, user):
     """GET the user's JupyterLab server API through the proxy, as the user."""
     headers = {"Authorization": f"token {hub.tokens[user]}"}
@@ -121,7 +109,7 @@ def test_two_users_at_once_get_reachable_sessions_with_disjoint_gpus(hub, cluste
         responses = list(pool.map(lambda u: spawn(hub, u, profile="gpu-1", gpus=1), (ALICE, CAROL)))
     assert all(r.status_code in (201, 202) for r in responses), [r.text for r in responses]
     for user in (ALICE, CAROL):
-        wait_ready(hub, user)
+        hub.wait_ready(user)
         assert reach(hub, user).status_code == 200
     envs = {user: server_env(user) for user in (ALICE, CAROL)}
     gpus = {user: env["CUDA_VISIBLE_DEVICES"] for user, env in envs.items()}

@@ -23,9 +23,13 @@ import requests
 
 from aifactory.hub.cluster import ClusterSpec, MiniCluster
 from aifactory.hub.platform import Platform
-from aifactory.hub.workshops import SlurmReservations, WorkshopError, WorkshopManager
-from conftest import free_port, mini_cluster, require_binary
-from platform_fixtures import login
+from aifactory.hub.workshops.manager import WorkshopManager
+from aifactory.hub.workshops.record import WorkshopError
+from aifactory.hub.workshops.reservations import SlurmReservations
+from aifactory.common.net import free_port
+from aifactory.hub.testing.ci import require_binary
+from aifactory.hub.testing.cluster import mini_cluster
+from aifactory.hub.testing.platform import login
 
 pytestmark = pytest.mark.slurm
 

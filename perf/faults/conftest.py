@@ -4,28 +4,16 @@ mini-cluster, with real Unix users; and the recorder of each scenario's figures.
 Not part of `make test` (testpaths = tests): these scenarios wait out real outages.
 """
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
+import faults_record
 import pytest
 import requests
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "perf")]
-
-# tests/conftest.py under another name: this file is the `conftest` module of this run
-_spec = importlib.util.spec_from_file_location("aif_tests_conftest", ROOT / "tests" / "conftest.py")
-_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tests)
-require, require_root, require_binary, free_port = (
-    _tests.require, _tests.require_root, _tests.require_binary, _tests.free_port)
-
-import faults_record
+from aifactory.common.net import free_port
 from aifactory.hub.platform import Platform
-from platform_fixtures import login
+from aifactory.hub.testing.cluster import mini_cluster
+from aifactory.hub.testing.platform import login
 
 POLL = 10  # Spawner.poll_interval of the platform under test, seconds (JupyterHub's default: 30)
 SESSIONS = 10
@@ -71,7 +59,7 @@ def fault_record(request):
 
 @pytest.fixture(scope="session")
 def cluster():
-    with _tests.mini_cluster("aif-faults-cluster-", USERS) as mini:
+    with mini_cluster("aif-faults-cluster-", USERS) as mini:
         yield mini
 
 

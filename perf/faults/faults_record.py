@@ -35,7 +35,7 @@ What these scenarios found, fixed before the figures above were taken:
   now submitted with `--no-requeue` (hub/spawner.py): the jobs end NODE_FAIL and users are told.
 - 40 users logging at once: with the MLflow server's kept-connection pool at MLflow's default
   overflow (10), 3 of 40 users got "QueuePool limit of size 5 overflow 10 reached" after 30 s
-  (1950/2000 points). The overflow now covers a worker's 40 request threads (hub/mlflow_service.py).
+  (1950/2000 points). The overflow now covers a worker's 40 request threads (hub/tracking/server.py).
   No "database is locked" in any run (SQLite in WAL mode).
 - disk full: MLflow clients got SQL tracebacks (SQLite cannot even read a WAL database then) or
   a 502 that they retried for about 2 minutes ("too many 502 error responses"); the hub also

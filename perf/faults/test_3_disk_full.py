@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from aifactory.common.net import free_port
 from aifactory.hub.platform import Platform
-from conftest import free_port, require_root
+from aifactory.hub.testing.ci import require_root
 from mlflow.entities import Metric
 from test_2_mlflow import store_as
 

@@ -1,0 +1,187 @@
+"""`aif up`, `aif status`, `aif config show|generate`, `aif user ...`."""
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from ...common.errors import cli_errors
+from ..cli_options import state_dir_option
+from .config import build_platform_config, make_platform_settings
+from .launcher import Platform, PlatformError
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    help="Platform config file (default: <state-dir>/aif_config.py when present).",
+)
+
+
+@click.command()
+@state_dir_option()
+@config_option
+@click.option("--port", type=int, default=None, help="Public port (default 8000).")
+@click.option("--spawner", type=click.Choice(["local", "slurm"]), default=None,
+              help="Run users' servers as local processes or as Slurm jobs.")
+@click.option("--slurm-conf", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="slurm.conf of the cluster to submit to (default: the mini-cluster's, with --spawner slurm).")
+@cli_errors
+def up(state_dir, config_file, port, spawner, slurm_conf):
+    """Start the platform: proxy, JupyterHub and the MLflow service. Ctrl-C stops it."""
+    stop = _catch_stop_signals()
+    reload = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: reload.set())  # `aif workshop` changed hub roles
+    try:
+        platform = Platform(state_dir, port=port, spawner=spawner, config_file=config_file,
+                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner))
+        platform.reload_on_signal = True
+        click.echo(f"Starting AI Factory Lab in {platform.state} ...")
+        platform.start()  # stops what it started if interrupted or failing
+    except _Stopped as sig:
+        raise click.ClickException(f"{sig} during start; everything started was stopped") from None
+    click.echo(
+        f"\nAI Factory Lab is up: {platform.url}/\n"
+        f"  MLflow:   {platform.mlflow_url}/\n"
+        f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
+        "Ctrl-C stops it."
+    )
+    try:
+        while not stop.wait(1):
+            if reload.is_set():
+                reload.clear()
+                _restart_hub(platform)
+    except _Stopped:
+        pass
+    click.echo("Stopping ...")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    platform.stop()
+
+
+def _restart_hub(platform):
+    click.echo("Restarting the hub (configuration changed) ...")
+    try:
+        platform.restart_hub(timeout=300)
+    except PlatformError as err:
+        click.echo(f"hub restart failed: {err}", err=True)
+
+
+def _mini_cluster_conf(spawner):
+    if spawner != "slurm":
+        return None
+    from ..cluster import MiniCluster, default_cluster_dir
+
+    # `aif cluster up` keeps it outside the (root-only) platform state dir; see cluster/mini.py
+    conf = MiniCluster(default_cluster_dir()).slurm_conf
+    return conf if Path(conf).exists() else None
+
+
+class _Stopped(BaseException):
+    """Raised from a signal handler so that start-up unwinds and stops what it started."""
+
+
+def _catch_stop_signals():
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        stop.set()
+        raise _Stopped(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    return stop
+
+
+@click.command()
+@state_dir_option()
+@config_option
+@cli_errors
+def status(state_dir, config_file):
+    """Health of the hub, proxy and MLflow service; exit 1 naming what fails."""
+    platform = Platform.attach(state_dir, config_file)
+    results = platform.check_health()
+    width = max(map(len, results))
+    for name, state in results.items():
+        click.echo(f"{name:<{width}}  {state}")
+    failing = [name for name, state in results.items() if state != "ok"]
+    if failing:
+        raise click.ClickException(f"not healthy: {', '.join(failing)} (logs in {platform.state / 'logs'})")
+
+
+@click.group()
+def config():
+    """Inspect the platform configuration, or write the documented example."""
+
+
+@config.command("show")
+@state_dir_option()
+@config_option
+@cli_errors
+def config_show(state_dir, config_file):
+    """Print the effective platform settings and where they come from."""
+    cfg, path = build_platform_config(state_dir, config_file)
+    platform, mlflow = make_platform_settings(cfg)
+    click.echo(f"# config file: {path or '(none: defaults)'}")
+    for obj in (platform, mlflow):
+        for name in sorted(obj.traits(config=True)):
+            click.echo(f"{type(obj).__name__}.{name} = {getattr(obj, name)!r}")
+
+
+@config.command("generate")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+def config_generate(output):
+    """Write the example config: every setting with its help and default, then site examples."""
+    from .example import example_config
+
+    text = example_config()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output}", err=True)
+
+
+@click.group()
+def user():
+    """Manage accounts of the local authenticator."""
+
+
+@user.command("add")
+@click.argument("name")
+@state_dir_option()
+@click.option("--admin", is_flag=True, help="Make the user a hub admin.")
+@click.option("--group", "groups", multiple=True, help="Hub group (repeatable), e.g. sme, evaluators.")
+@cli_errors
+def user_add(name, state_dir, admin, groups):
+    """Create an account and print its generated password."""
+    users = Platform(state_dir).users
+    try:
+        password = users.add(name, admin=admin, groups=groups)
+    except OSError as err:  # a full or read-only state directory: say which file and why
+        raise click.ClickException(f"could not write the users file {users.path}: {err.strerror}; "
+                                   "nothing was changed") from None
+    click.echo(password)
+
+
+@user.command("list")
+@state_dir_option()
+@cli_errors
+def user_list(state_dir):
+    """List accounts with their groups."""
+    for name, record in sorted(Platform(state_dir).users.read().items()):
+        flags = " (admin)" if record.get("admin") else ""
+        click.echo(f"{name}{flags}  groups: {', '.join(record.get('groups') or []) or '-'}")
+
+
+@user.command("remove")
+@click.argument("name")
+@state_dir_option()
+@cli_errors
+def user_remove(name, state_dir):
+    """Remove an account (its files and MLflow runs are kept)."""
+    if not Platform(state_dir).users.remove(name):
+        raise click.ClickException(f"no user {name!r}")
+
+
+__all__ = ["up", "status", "config", "user"]

@@ -1,0 +1,39 @@
+"""pytest fixtures that start real components on free ports and always stop them.
+
+`platform` is session-scoped: one platform serves every test that needs one (start-up costs
+tens of seconds on a 2-core machine). Tests that restart or break a platform make their own
+with `platform_factory`. tests/conftest.py imports these, so every test can ask for them.
+"""
+
+import pytest
+
+from ...common.net import free_port
+from .platform import start_platform
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory):
+    p = start_platform(tmp_path_factory.mktemp("platform"))
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def platform_factory(tmp_path):
+    started = []
+
+    def make(state_dir=None, **kwargs):
+        p = start_platform(state_dir or tmp_path / f"state{len(started)}", **kwargs)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
