@@ -20,7 +20,8 @@ from .layout import SCENARIOS, Metrics
 SUMMARY_COLUMNS = ["backend", "scenario", "batch_size", "result_valid", Metrics.LATENCY_P50, Metrics.LATENCY_P90,
                    Metrics.LATENCY_P99, Metrics.THROUGHPUT, Metrics.SERVER_MAX_VALID_QPS, Metrics.ACCURACY,
                    Metrics.ci_low(Metrics.ACCURACY), Metrics.ci_high(Metrics.ACCURACY), Metrics.AGREEMENT_TOP1,
-                   Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.MAE, Metrics.R2, Metrics.ENERGY_PER_INFERENCE]
+                   Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.CROSSCHECK_AGREEMENT, Metrics.MAE, Metrics.R2,
+                   Metrics.ENERGY_PER_INFERENCE]
 #: `aif bench run` flag -> (config section or None for the top level, field) it sets
 FLAG_FIELDS = {"model": ("model", "path"), "output": ("model", "output"), "data": ("data", "source"),
                "label": ("data", "label"),
