@@ -547,3 +547,19 @@ def test_a_backend_that_disagrees_with_the_framework_fails_the_run_naming_both_f
     runs = client.search_runs([client.get_experiment_by_name("bench-crosscheck").experiment_id])
     assert runs and {r.info.status for r in runs} == {"FAILED"}
     assert "through the suite vs" in runs[0].data.tags["aif.error"]
+
+
+def test_the_scored_output_and_the_agreement_reach_mlflow(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    case = logistic_regression_with_zipmap(tmp_path)
+    mlflow = {"enabled": True, "tracking_uri": mlflow_server, "experiment": "bench-model-io"}
+    result = bench(tmp_path, case.model, case.data, mlflow=mlflow)
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("bench-model-io").experiment_id])
+    parent = next(r for r in runs if r.info.run_id == result.mlflow_run_id)
+    child = next(r for r in runs if r.data.tags.get("aif.scenario") == "Accuracy")
+    assert parent.data.tags["aif.output"] == child.data.tags["aif.output"] == "output_probability"
+    assert child.data.tags["aif.crosscheck"] == "the model's own label output 'output_label' on ONNX Runtime's CPU provider"
+    assert child.data.metrics["crosscheck_agreement"] == 1.0
+    assert child.data.metrics["crosscheck_reference_score"] == pytest.approx(case.own)
