@@ -1,9 +1,9 @@
 """Fetching only the scored output vs every output (issue 17), on a model with a large unused output.
 
-The model (built here with onnx.helper): x [N, 64] -> logits [N, 10] (scored) and, from its own
-branch, hidden [N, HIDDEN] (Relu(x W), 64 KiB per sample at the default width: the "hidden states"
-a real model may also return). Three sides, each a SingleStream LoadGen test of the same session
-settings, interleaved A/B/C over several rounds in one process:
+The model (built here with onnx.helper): x [N, 64] -> hidden states [N, L, 64] (x plus a position
+table, 64 KiB per sample at L=256) -> mean over L -> logits [N, 10]. Both are graph outputs, as a
+transformer returns logits beside its last_hidden_state; only logits is scored. Three sides, each a
+SingleStream LoadGen test of the same session settings, interleaved over rounds in one process:
 
 - scored: the suite's ONNX Runtime backend, `fetch_outputs: scored` (the default): fetches logits;
 - all: the same backend, `fetch_outputs: all`: fetches logits and hidden;
@@ -16,7 +16,7 @@ more than the backend's own per-query cost, that cost is also timed alone: the b
 against the bare `session.run` on a model with the logits branch only, in alternating blocks of
 calls (the median per-block difference). Prints JSON.
 
-    .venv/bin/python perf/bench_outputs.py [--seconds 0.5] [--rounds 10] [--hidden 16384]
+    .venv/bin/python perf/bench_outputs.py [--seconds 0.5] [--rounds 10] [--length 256] [--branch]
 """
 
 import argparse
@@ -40,22 +40,34 @@ N_SAMPLES = 1024
 FEATURES, CLASSES = 64, 10
 
 
-def two_output_model(path, hidden):
-    """logits (scored) beside a large hidden output computed from a branch of its own (hidden=0:
-    logits only)."""
+def two_output_model(path, length, branch=False):
+    """logits [N, 10] (scored), computed from hidden states [N, length, 64] that are an output too
+    (length=0: logits only). The logits need the hidden states, so both fetches compute the same;
+    what fetching all adds is handing over an output no metric reads. branch=True: the hidden
+    output has a branch of its own instead (x W, W [64, length * 64]) that the logits do not need."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = {"w_logits": rng.standard_normal((FEATURES, CLASSES)).astype(np.float32),
-               "w_hidden": (rng.standard_normal((FEATURES, hidden)) / 8).astype(np.float32)}
-    nodes = [helper.make_node("MatMul", ["x", "w_logits"], ["logits"])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])]
-    if hidden:
-        nodes += [helper.make_node("MatMul", ["x", "w_hidden"], ["pre"]), helper.make_node("Relu", ["pre"], ["hidden"])]
-        outputs.append(helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", hidden]))
+    weights = {"w_logits": rng.standard_normal((FEATURES, CLASSES)).astype(np.float32)}
+    if not length:
+        nodes = [helper.make_node("MatMul", ["x", "w_logits"], ["logits"])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])]
+    elif branch:
+        weights["w_hidden"] = (rng.standard_normal((FEATURES, length * FEATURES)) / 8).astype(np.float32)
+        nodes = [helper.make_node("MatMul", ["x", "w_logits"], ["logits"]),
+                 helper.make_node("MatMul", ["x", "w_hidden"], ["hidden"])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
+                   helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", length * FEATURES])]
     else:
-        del weights["w_hidden"]
+        weights["positions"] = rng.standard_normal((1, length, FEATURES)).astype(np.float32)
+        weights["axis_1"] = np.array([1], dtype=np.int64)
+        nodes = [helper.make_node("Unsqueeze", ["x", "axis_1"], ["tokens"]),
+                 helper.make_node("Add", ["tokens", "positions"], ["hidden"]),
+                 helper.make_node("ReduceMean", ["hidden"], ["pooled"], axes=[1], keepdims=0),
+                 helper.make_node("MatMul", ["pooled", "w_logits"], ["logits"])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
+                   helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", length, FEATURES])]
     graph = helper.make_graph(
         nodes, "two_outputs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])], outputs,
         [numpy_helper.from_array(w, name) for name, w in weights.items()])
@@ -116,12 +128,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=16384, help="width of the unused output")
+    parser.add_argument("--length", type=int, default=256, help="L of the unused hidden states [N, L, 64]")
+    parser.add_argument("--branch", action="store_true", help="the unused output from a branch of its own")
     args = parser.parse_args()
     data = np.random.default_rng(1).random((N_SAMPLES, FEATURES), dtype=np.float32)
     p50 = {"scored": [], "all": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
-        path = two_output_model(Path(tmp) / "two_outputs.onnx", args.hidden)
+        path = two_output_model(Path(tmp) / "two_outputs.onnx", args.length, args.branch)
         model = load_model(ModelConfig(path=str(path), output="logits"))  # two float outputs: named, not guessed
         backends = {side: OnnxRuntimeBackend(BackendConfig(threads=1, device="cpu", fetch_outputs=side), model,
                                              "backends[0]") for side in ("scored", "all")}
@@ -139,7 +152,8 @@ def main():
     ratios = [a / s for a, s in zip(p50["all"], p50["scored"], strict=True)]  # paired within each round
     result = {
         "metric": "singlestream_p50_us_scored_vs_all_outputs",
-        "unused_output": f"hidden [N, {args.hidden}] float32 ({args.hidden * 4 / 1024:.0f} KiB per sample)",
+        "unused_output": f"hidden [N, {args.length}, {FEATURES}] float32 ({args.length * FEATURES * 4 / 1024:.0f} KiB "
+                         f"per sample{', a branch of its own' if args.branch else ', the logits computed from it'})",
         "fetched": fetched,
         "scored_p50_us": median(p50["scored"]), "all_p50_us": median(p50["all"]),
         "ratio_all_vs_scored": median(ratios), "bare_session_run_p50_us": median(p50["bare"]),
