@@ -63,8 +63,8 @@ class Dataset:
         """This dataset fed to a model's inputs (TensorSpecs, in the model's order), by name.
 
         Each input comes from `mapping[input]` (a column/key, or a list of columns stacked as
-        features) if given, else, for a single-input model, from the default features `x`, else
-        from the column of the input's own name. Dtype and per-sample shape are checked (and
+        features) if given, else, for a single-input model, from the default features `x` (where
+        the source has them), else from the column of the input's own name. Dtype and per-sample shape are checked (and
         safely converted) input by input. `x` becomes one array, or a `Feeds` of several."""
         mapping = dict(mapping or {})
         names = [spec.name for spec in inputs]
@@ -72,7 +72,7 @@ class Dataset:
         if extra:
             raise DataError(f"{where}: model {model_name} has no input {extra[0]!r}; its inputs are "
                             f"{describe_all(inputs)}")
-        if len(inputs) == 1 and inputs[0].name not in mapping:
+        if len(inputs) == 1 and inputs[0].name not in mapping and (self.x is not None or inputs[0].name not in self.columns):
             features = self._default_features(model_name)
             return self._with_x(self._fit_input(features, inputs[0], model_name, f"data.source {self.name}"))
         arrays = {spec.name: self._fit_input(self._source_of(spec, mapping, inputs, model_name), spec, model_name)
