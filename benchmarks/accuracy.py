@@ -387,7 +387,8 @@ def check_scores_read_as_predictions(read, own_predictions, tolerance, source, c
         return same
     fix = (f"score the model's label output instead (model.output: {choice.label_output})" if choice.label_output
            else "name the output to score (model.output)")
-    raise ModelError(f"{where}: output {choice.name!r} read as class scores (class of the highest column"
+    how = "each column against its threshold" if np.ndim(read) == 2 else "the class of the highest column"
+    raise ModelError(f"{where}: output {choice.name!r} read as class scores ({how}"
                      f"{', classes ' + ', '.join(map(str, choice.classes)) if choice.classes else ''}) gives the "
                      f"model's own predictions ({source}) on only {same:.1%} of {len(read)} probe samples: its columns "
                      f"are not class scores in class order; {fix}, or give the class of each column (model.classes)")

@@ -446,7 +446,7 @@ def refusals(tmp_path):
         # (a ZipMap's maps name their classes: there, any order given reads right)
         "wrong class order": (plain, zipmap.data, {"model": {"classes": [2, 0, 1]}}, ModelError,
                               r"model\.output: model .*plain\.onnx: output 'probabilities' read as class scores "
-                              r"\(class of the highest column, classes 2, 0, 1\) gives the model's own predictions "
+                              r"\(the class of the highest column, classes 2, 0, 1\) gives the model's own predictions "
                               r"\(the model's own label output 'label' on ONNX Runtime's CPU provider\) on only"),
         "unknown output": (zipmap.model, zipmap.data, {"model": {"output": "proba"}}, ModelError,
                            r"model\.output: model .*logreg\.onnx has no output 'proba'; its outputs are output_label "
