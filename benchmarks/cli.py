@@ -20,9 +20,11 @@ from .layout import SCENARIOS, Metrics
 SUMMARY_COLUMNS = ["backend", "scenario", "batch_size", "result_valid", Metrics.LATENCY_P50, Metrics.LATENCY_P90,
                    Metrics.LATENCY_P99, Metrics.THROUGHPUT, Metrics.SERVER_MAX_VALID_QPS, Metrics.ACCURACY,
                    Metrics.ci_low(Metrics.ACCURACY), Metrics.ci_high(Metrics.ACCURACY), Metrics.AGREEMENT_TOP1,
-                   Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.MAE, Metrics.R2, Metrics.ENERGY_PER_INFERENCE]
+                   Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.CROSSCHECK_AGREEMENT, Metrics.MAE, Metrics.R2,
+                   Metrics.ENERGY_PER_INFERENCE]
 #: `aif bench run` flag -> (config section or None for the top level, field) it sets
-FLAG_FIELDS = {"model": ("model", "path"), "data": ("data", "source"), "label": ("data", "label"),
+FLAG_FIELDS = {"model": ("model", "path"), "output": ("model", "output"), "data": ("data", "source"),
+               "label": ("data", "label"),
                "profile": ("scenario", "profile"), "results_dir": (None, "results_dir"),
                "tracking_uri": ("mlflow", "tracking_uri"), "experiment": ("mlflow", "experiment")}
 
@@ -60,7 +62,9 @@ def build_config(config_path, overrides):
 
 @bench.command()
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--model", help="Model file (.onnx/.pt/.pt2), package.module:factory, or models:/NAME/VERSION.")
+@click.option("--model", help="Model file (.onnx/.pt/.pt2; scikit-learn/LightGBM/XGBoost .joblib/.skops), "
+                             "package.module:factory, or models:/NAME/VERSION.")
+@click.option("--output", help="The model output to score (default: chosen by rule; see docs/benchmarks.md).")
 @click.option("--data", help="sklearn:digits | file.npz | file.csv | file.parquet | image folder.")
 @click.option("--label", help="Label column/key of the data (omit for latency-only runs).")
 @click.option("--backend", multiple=True, help="torch:eager, torch:compile, onnxruntime[:PROVIDER] (repeatable).")

@@ -19,7 +19,11 @@ from .layout import SCENARIOS
 PROFILES = ("quick", "full")
 TORCH_MODES = ("eager", "compile")
 PRECISIONS = ("fp32", "fp16", "bf16")
-TASKS = ("auto", "classification", "regression", "none")
+TASKS = ("auto", "classification", "multilabel", "regression", "none")
+#: which outputs a backend fetches per query: the scored one, or every output the model has
+FETCH_OUTPUTS = ("scored", "all")
+#: the cross-check's tolerance can be loosened this far and no further: it is never off
+MAX_CROSSCHECK_TOLERANCE = 0.5
 DEFAULT_EXPERIMENT = "benchmarks"
 
 __all__ = ["AccuracyConfig", "BackendConfig", "BenchmarkConfig", "ConfigError", "DataConfig", "MLflowConfig",
@@ -33,11 +37,23 @@ class ModelConfig:
     # Per-sample input shape (no batch dim) and dtype, for formats that do not carry them.
     input_shape: list[int] | None = None
     input_dtype: str | None = None
+    # The output to score, by name; default: chosen by rule (docs/benchmarks.md, "Inputs and outputs").
+    output: str | None = None
+    # The class of each score column, for models that do not record it (a torch model trained on strings).
+    classes: list | None = None
 
     def validate(self, where="model"):
         if not self.path:
-            raise ConfigError(f"{where}.path: required (an .onnx/.pt/.pt2 file, 'package.module:function', "
-                              "or an MLflow URI models:/NAME/VERSION or runs:/RUN_ID/PATH)")
+            raise ConfigError(f"{where}.path: required (an .onnx/.pt/.pt2/.joblib/.skops file, "
+                              "'package.module:function', or an MLflow URI models:/NAME/VERSION or runs:/RUN_ID/PATH)")
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise ConfigError(f"{where}.output: expected the name of one of the model's outputs, got {self.output!r}")
+        if self.classes is not None and not (
+            isinstance(self.classes, list) and self.classes and all(isinstance(c, (str, int)) for c in self.classes)
+            and len(set(self.classes)) == len(self.classes)
+        ):
+            raise ConfigError(f"{where}.classes: expected a list of distinct class labels (strings or integers) in "
+                              f"score-column order, got {self.classes!r}")
         if self.input_shape is not None and (
             not isinstance(self.input_shape, list) or not all(isinstance(d, int) and d > 0 for d in self.input_shape)
         ):
@@ -55,10 +71,20 @@ class DataConfig:
     limit: int | None = None  # use only the first N samples
     image_size: list[int] | None = None  # [H, W] for image folders
     grayscale: bool = False
+    # model input name -> NPZ key / table column (or a list of columns, stacked as its features)
+    inputs: dict | None = None
 
     def validate(self):
         if not self.source:
             raise ConfigError("data.source: required (sklearn:NAME, .npz, .csv, .parquet, or an image folder)")
+        if self.inputs is not None:
+            if not isinstance(self.inputs, dict) or not self.inputs:
+                raise ConfigError(f"data.inputs: expected a mapping of model input names to columns, got {self.inputs!r}")
+            for name, source in self.inputs.items():
+                if not (isinstance(source, str) and source) and not (
+                        isinstance(source, list) and source and all(isinstance(c, str) for c in source)):
+                    raise ConfigError(f"data.inputs.{name}: expected a column/key name or a list of column names, "
+                                      f"got {source!r}")
         if self.task not in TASKS:
             raise ConfigError(f"data.task: expected one of {', '.join(TASKS)}, got {self.task!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
@@ -75,6 +101,7 @@ class BackendConfig:
     threads: int | None = None
     cuda_graphs: bool = False  # torch on CUDA: replay captured graphs
     model: str | None = None  # run this backend on another model file (e.g. a quantized export)
+    fetch_outputs: str = "scored"  # per query: "scored" (only the output accuracy reads) or "all"
 
     def validate(self, where):
         from .backends.registry import BACKENDS, backend_class
@@ -89,6 +116,8 @@ class BackendConfig:
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"{where}.threads: expected a positive integer, got {self.threads!r}")
+        if self.fetch_outputs not in FETCH_OUTPUTS:
+            raise ConfigError(f"{where}.fetch_outputs: expected one of {', '.join(FETCH_OUTPUTS)}, got {self.fetch_outputs!r}")
         if self.providers is not None and not (
             isinstance(self.providers, list) and all(isinstance(p, str) for p in self.providers)
         ):
@@ -150,6 +179,10 @@ class AccuracyConfig:
     # Gaussian input noise, std as a fraction of each feature's std (classification only)
     robustness: bool = False
     robustness_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5])
+    # The cross-check against the framework's own predictions (always on): probe samples, and the
+    # share of them allowed to disagree (default 0.01 at fp32, 0.05 at fp16/bf16).
+    crosscheck_samples: int = 256
+    crosscheck_tolerance: float | None = None
 
     def validate(self):
         if not self.robustness_levels or not all(
@@ -160,6 +193,12 @@ class AccuracyConfig:
             raise ConfigError(f"accuracy.confidence: expected a number between 0 and 1, got {self.confidence!r}")
         if not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 10:
             raise ConfigError(f"accuracy.bootstrap_resamples: expected an integer >= 10, got {self.bootstrap_resamples!r}")
+        if not isinstance(self.crosscheck_samples, int) or self.crosscheck_samples < 1:
+            raise ConfigError(f"accuracy.crosscheck_samples: expected a positive integer, got {self.crosscheck_samples!r}")
+        tolerance = self.crosscheck_tolerance
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= MAX_CROSSCHECK_TOLERANCE):
+            raise ConfigError(f"accuracy.crosscheck_tolerance: expected a share between 0 and {MAX_CROSSCHECK_TOLERANCE} "
+                              f"of probe samples allowed to disagree (the check cannot be turned off), got {tolerance!r}")
 
 
 @dataclass

@@ -43,6 +43,10 @@ class Tags:
     SLURM_ARRAY_TASK_ID = "aif.slurm.array_task_id"
     SLURM_NODE = "aif.slurm.node"
     ERROR = "aif.error"
+    # which output was scored, which a query fetched, whose predictions the backend was checked against
+    OUTPUT = "aif.output"
+    OUTPUTS_FETCHED = "aif.outputs_fetched"
+    CROSSCHECK = "aif.crosscheck"
     # on a comparison run
     COMPARED_RUNS = "aif.compared_runs"
     COMPARED_MODELS = "aif.models"
@@ -78,6 +82,12 @@ class Metrics:
     AGREEMENT_TOP1 = "agreement_top1"
     AGREEMENT_MAX_ABS_DIFF = "agreement_max_abs_diff"
     ROBUSTNESS_MAX_DROP = "robustness_max_accuracy_drop"
+    # the cross-check of each backend against the model's own framework, on every child of that backend
+    CROSSCHECK_AGREEMENT = "crosscheck_agreement"
+    CROSSCHECK_SAMPLES = "crosscheck_samples"
+    CROSSCHECK_MAX_ABS_DIFF = "crosscheck_max_abs_diff"
+    CROSSCHECK_SCORE = "crosscheck_score"
+    CROSSCHECK_REFERENCE_SCORE = "crosscheck_reference_score"
 
     CLASSIFICATION = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
     REGRESSION = (R2, MAE, RMSE)

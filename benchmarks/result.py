@@ -52,6 +52,7 @@ class BenchmarkResult:
     results_dir: str | None = None
     mlflow_run_id: str | None = None
     command: str | None = None  # reproduces the run: aif bench run <results>/config.yaml
+    output: str | None = None  # the scored output of the model (aif.output)
     schema_version: int = SCHEMA_VERSION
 
     # --- reading ---------------------------------------------------------------------------

@@ -13,16 +13,18 @@ import time
 
 from . import accuracy as acc
 from .backends import backend_class, create_backend, preflight
+from .binding import PreparedModel, prepare_model
 from .config import BenchmarkConfig
 from .data import Dataset, load_dataset
-from .errors import ModelError, quoted
+from .errors import AccuracyError, ModelError, quoted
 from .fingerprint import collect, environment_name, hardware_tag
 from .layout import ACCURACY, OFFLINE, Artifacts, Metrics, Params, Tags
-from .models import load_model
+from .models import ESTIMATOR_SUFFIXES, load_model
 from .result import BenchmarkResult, ChildResult
 from .results.local import LocalWriter, write_marker
 from .results.mlflow import DISABLED, MLflowReporter
 from .scenarios import ScenarioRunner
+from .signature import describe_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,14 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     for index, backend_cfg in enumerate(config.backends):
         kind = _model_kind(backend_cfg.model) if backend_cfg.model else model.kind
         preflight(backend_cfg, kind, f"backends[{index}]")
+    # inputs bound, output chosen, task settled, the framework's own predictions made: a model the
+    # suite cannot read right fails here, before any result (local or in MLflow) exists
+    prepared = prepare_model(model, dataset, config)
     fingerprint = collect(config.to_dict())
     name = config.name or model.name
     first = config.backends[0]
     result = BenchmarkResult(
-        name=name, model=model.name, dataset=dataset.name, task=dataset.task,
+        name=name, model=model.name, dataset=dataset.name, task=prepared.data.task, output=model.output.name,
         hardware=hardware_tag(backend_class(first.kind).planned_device(first), fingerprint),
         environment=environment_name(), config=config.to_dict(), fingerprint=fingerprint,
         status="RUNNING", started=time.time())
@@ -60,8 +65,8 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     if reporter is not None and not reporter.start(result, config.flat_params()):
         log.warning("%s; results kept in %s, push them later with `aif bench upload %s`",
                     reporter.error, writer.final, writer.final)
-    steps = Progress(_total_steps(config, dataset), progress, on_progress)
-    run = BenchmarkRun(config, dataset, model, result, writer, reporter, steps)
+    steps = Progress(_total_steps(config, prepared.data), progress, on_progress)
+    run = BenchmarkRun(config, dataset, prepared, result, writer, reporter, steps)
     try:
         if on_started is not None:
             on_started(run)
@@ -85,10 +90,11 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
 class BenchmarkRun:
     """One benchmark in progress: its result so far, its local writer and its reporter."""
 
-    def __init__(self, config, dataset: Dataset, model, result, writer, reporter, steps):
-        self.config, self.dataset, self.model, self.result = config, dataset, model, result
+    def __init__(self, config, source: Dataset, prepared: PreparedModel, result, writer, reporter, steps):
+        self.config, self.source, self.prepared, self.result = config, source, prepared, result
+        self.dataset, self.model = prepared.data, prepared.model
         self.writer, self.reporter, self.steps = writer, reporter, steps
-        self.reference_scores = None
+        self.reference_scores = self.reference_choice = None
 
     def abort(self, reason):
         """Cancel from outside (a signal handler): the reporter's run ends KILLED, no partial results."""
@@ -99,44 +105,73 @@ class BenchmarkRun:
     def run_backend(self, index):
         cfg = self.config.backends[index]
         where = f"backends[{index}]"
-        model = load_model(self.config.model, cfg.model, where=f"{where}.model") if cfg.model else self.model
-        backend = create_backend(cfg, model, where)
+        prepared = self._prepared_for(cfg, where)
+        backend = create_backend(cfg, prepared.model, where)
         try:
-            data = self.dataset.fit_to(model.input_shape, backend.input_dtype or model.input_dtype, model.source)
+            data = prepared.data
             staged = backend.stage(data.x)
-            _probe(backend, staged, model)
+            _probe(backend, staged, prepared.model)
             params = self.config.flat_params(index)
             common = {Tags.BACKEND: backend.label, Tags.PRECISION: cfg.precision,
                       Tags.HARDWARE: hardware_tag(backend.device, self.result.fingerprint)}
+            checked = {}
+            if backend.computes_model:
+                check = self._crosscheck(backend, staged, prepared, cfg, where)
+                common.update({Tags.OUTPUT: backend.output.name, Tags.OUTPUTS_FETCHED: ",".join(backend.fetched_outputs),
+                               Tags.CROSSCHECK: check.reference})
+                checked = check.metrics()
             if _with_accuracy(self.config, data):
-                self._accuracy(backend, staged, data, params, common)
-            self._scenarios(backend, staged, len(data), params, common)
+                self._accuracy(backend, staged, data, params, common, checked)
+            self._scenarios(backend, staged, len(data), params, common, checked)
         finally:
             backend.close()
 
-    def _accuracy(self, backend, staged, data, params, common):
+    def _prepared_for(self, cfg, where):
+        """The run's model, or the backend's own file (backends[i].model), bound the same way."""
+        if not cfg.model:
+            return self.prepared
+        model = load_model(self.config.model, cfg.model, where=f"{where}.model")
+        prepared = prepare_model(model, self.source, self.config, f"{where}.model")
+        if prepared.data.task != self.dataset.task:
+            raise AccuracyError(f"{where}.model: {model.source} reads as a {prepared.data.task} model (output "
+                                f"{model.output.name!r}); the run's model is {self.dataset.task}")
+        return prepared
+
+    def _crosscheck(self, backend, staged, prepared, cfg, where):
+        """The backend's predictions on the probe samples against the framework's own; fails the run beyond tolerance."""
+        probe = prepared.probe
+        outputs = acc.predict_all(backend, staged[backend.device_indices(probe)], len(probe),
+                                  self.config.accuracy.batch_size)
+        predictions = acc.to_predictions(outputs, prepared.check_task, backend.output)
+        y = prepared.data.y[probe] if prepared.data.y is not None else None
+        tolerance = acc.crosscheck_tolerance(self.config.accuracy, cfg.precision)
+        return acc.crosscheck(predictions, prepared.own_predictions, y, prepared.check_task, tolerance,
+                              prepared.own_source, f"{where} ({backend.label}), output {backend.output.name!r}")
+
+    def _accuracy(self, backend, staged, data, params, common, checked):
         self.steps.start(f"{backend.label}: accuracy")
         cfg = self.config.accuracy
         scores = acc.predict_all(backend, staged, len(data), cfg.batch_size)
         task = data.task
-        y_pred = acc.to_predictions(scores, task if task != "none" else "classification")
+        y_pred = acc.to_predictions(scores, task if task != "none" else "classification", backend.output)
         metrics = acc.score(data.y, y_pred, task, cfg, backend.label) if data.y is not None else {}
         if self.reference_scores is None:
-            self.reference_scores = scores
+            self.reference_scores, self.reference_choice = scores, backend.output
             self.result.metrics.update(metrics)  # the reference backend's accuracy, on the parent
         else:
-            metrics.update(acc.agreement(self.reference_scores, scores, task, cfg, backend.label))
+            metrics.update(acc.agreement(self.reference_scores, scores, task, cfg, backend.label,
+                                         self.reference_choice, backend.output))
         report = None
         if cfg.robustness and task == "classification":
             self.steps.start(f"{backend.label}: robustness")
             report, metrics[Metrics.ROBUSTNESS_MAX_DROP] = acc.robustness(backend, data.x, data.y, cfg,
-                                                                          metrics[Metrics.ACCURACY])
+                                                                          metrics[Metrics.ACCURACY], backend.output)
         child = ChildResult(backend=backend.label, precision=backend.precision, scenario=ACCURACY,
-                            metrics=metrics, params=params, tags={**common, Tags.SCENARIO: ACCURACY})
+                            metrics={**metrics, **checked}, params=params, tags={**common, Tags.SCENARIO: ACCURACY})
         self.writer.write_accuracy(child, scores, y_pred, data.y, robustness=report)
         self._add(child)
 
-    def _scenarios(self, backend, staged, n_samples, params, common):
+    def _scenarios(self, backend, staged, n_samples, params, common, checked):
         scfg = self.config.scenario
         runner = ScenarioRunner(backend, staged, n_samples, scfg, self.writer.scratch / _safe(backend.label))
         for scenario in scfg.scenarios:
@@ -153,7 +188,8 @@ class BenchmarkRun:
                 if run.search:
                     extra["server_search"] = run.search
                 child = ChildResult(backend=backend.label, precision=backend.precision, scenario=scenario,
-                                    metrics=run.metrics, params={**params, Params.BATCH_SIZE: run.batch_size},
+                                    metrics={**run.metrics, **checked},
+                                    params={**params, Params.BATCH_SIZE: run.batch_size},
                                     tags=tags, batch_size=run.batch_size, extra=extra)
                 self.writer.write_scenario(child, run)
                 self._add(child)
@@ -198,9 +234,8 @@ def _probe(backend, staged, model):
     try:
         out = backend.to_numpy(backend.infer(staged[:1]))
     except Exception as err:  # noqa: BLE001 - the framework's own error is quoted in ours
-        shape = tuple(staged.shape[1:])
-        raise ModelError(f"{backend.where}: model {model.source} failed on one sample of shape {shape} "
-                         f"({staged.dtype}); check model.input_shape / model.input_dtype: "
+        raise ModelError(f"{backend.where}: model {model.source} failed on one sample of {describe_batch(staged)}; "
+                         f"check model.input_shape / model.input_dtype (data.inputs for named inputs): "
                          f"{quoted(err)}") from err
     acc.check_finite(out, backend.label)
 
@@ -221,7 +256,9 @@ def _total_steps(config, dataset):
 
 
 def _model_kind(source):
-    return "onnx" if str(source).endswith(".onnx") else "torch"
+    if str(source).endswith(".onnx"):
+        return "onnx"
+    return "sklearn" if str(source).endswith(ESTIMATOR_SUFFIXES) else "torch"
 
 
 def _safe(label):

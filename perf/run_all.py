@@ -49,6 +49,8 @@ MEASUREMENTS = [
     Measurement("login_scale", "login_scale.py", ("--users", "1,20,30", "--single-repeats", "3"), 240, 420),
     Measurement("spawner", "spawner_compare.py", ("--quick",), 270, 420),
     Measurement("bench_overhead", "bench_overhead.py", ("--seconds", "1", "--rounds", "4"), 20, 120),
+    # issue 17: fetching only the scored output vs all, on a model with a large unused output
+    Measurement("bench_outputs", "bench_outputs.py", ("--seconds", "0.5", "--rounds", "10"), 30, 150),
     Measurement("bench_fidelity", "bench_fidelity.py", ("--seconds", "0.02", "--rounds", "61"), 100, 300),
     Measurement("bench_quick_profile", "bench_quick_profile.py", ("--repeat", "2"), 30, 150),
     Measurement("bench_gpu", "bench_gpu.py", (), 15, 300),

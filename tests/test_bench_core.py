@@ -171,7 +171,8 @@ def test_reduced_precision_stays_close_to_fp32():
 def test_unrunnable_shape_fails_before_loadgen_with_a_named_error(tmp_path):
     config = tiny_config(tmp_path, model={"path": str(REFERENCE_MODELS / "digits_mlp.pt"), "input_shape": [8, 8]},
                          backends=[{"kind": "torch"}])
-    with pytest.raises(ModelError, match=r"backends\[0\]: model .*digits_mlp.pt failed on one sample of shape \(8, 8\)"):
+    with pytest.raises(ModelError, match=r"model: model .*digits_mlp.pt failed on samples of shape \(8, 8\) \(float32\) "
+                                         r"in its own framework \(torch, CPU\)"):
         run(config, progress=False)
     assert not any(tmp_path.iterdir())
 

@@ -32,6 +32,11 @@ def sample_report():
             "bench_overhead": entry("bench_overhead", {
                 "suite_p50_us": 2.4, "loadgen_alone_p50_us": 2.0, "overhead_p50_us": 0.4, "target_us": 2.0,
                 "ratio_p50_suite_vs_loadgen_alone": 1.2, "meets_target": True}),
+            "bench_outputs": entry("bench_outputs", {
+                "unused_output": "hidden [N, 16384] float32 (64 KiB per sample)",
+                "fetched": {"scored": ["logits"], "all": ["logits", "hidden"]}, "scored_p50_us": 100.0,
+                "all_p50_us": 110.0, "ratio_all_vs_scored": 1.1,
+                "per_call": {"suite_minus_bare_median_us": 0.25, "bare_session_run_best_us": 6.5}}),
             "workshop_start": entry("workshop_start", {"seats": 30, "ready": 30, "failed": 0, "p50_s": 50.0,
                                                        "p95_s": 70.0, "max_s": 72.0, "hub_cpu_s": 9.0}),
             "bench_gpu": entry("bench_gpu", {"metric": "gpu_benchmarks", "skipped": True, "reason": "no CUDA"}),
@@ -56,6 +61,10 @@ def test_each_figure_is_a_row_with_machine_date_and_command():
     assert "`.venv/bin/python perf/login_scale.py`" in crowd
     overhead = next(r for r in rows if "harness overhead" in r)
     assert "overhead +0.40 µs" in overhead and "overhead <= 2 µs/query: met" in overhead
+    fetch = next(r for r in rows if "fetch the scored output only" in r)
+    assert "scored 100 µs (logits)" in fetch and "all 110 µs (logits, hidden)" in fetch and "| 1.100 |" in fetch
+    own_cost = next(r for r in rows if "backend's own cost per query" in r)
+    assert "+0.25 µs/call" in own_cost and "<= 2 µs/query: met" in own_cost
     workshop = next(r for r in rows if "workshop start, 30 seats" in r)
     assert "ready 30/30; p50 50.0 s, p95 70.0 s, max 72.0 s; hub CPU 9.0 s" in workshop
     assert "every seat ready: met" in workshop

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 class Backend(abc.ABC):
     #: the `kind` of the config that selects this backend (registry.BACKENDS maps it here)
     kind: ClassVar[str]
+    #: False for a backend that runs no model (null): no output to score, nothing to cross-check
+    computes_model: ClassVar[bool] = True
     #: how the `kind[:rest]` shorthand reads, for error messages (`torch[:eager|compile]`)
     shorthand: ClassVar[str]
 
@@ -74,9 +76,13 @@ class Backend(abc.ABC):
         self.label = self.config_label(cfg)
         #: the dtype this backend wants its inputs in, when it differs from the model's
         self.input_dtype = None
+        #: the scored output (signature.OutputChoice) `to_numpy` reads, and every output a query fetches
+        self.output = model.output
+        self.fetched_outputs = []
 
-    def stage(self, x: np.ndarray):
-        """The whole dataset placed where the model reads it (host or device memory)."""
+    def stage(self, x):
+        """The whole dataset placed where the model reads it (host or device memory); `x` is one
+        array, or a `signature.Feeds` of named arrays for a model with several inputs."""
         return x
 
     @abc.abstractmethod
@@ -96,7 +102,8 @@ class Backend(abc.ABC):
         return indices
 
     def to_numpy(self, out) -> np.ndarray:
-        """Host float32 copy of an output (what accuracy scores)."""
+        """Host copy of the scored output of `infer`'s result (what accuracy scores): float32
+        scores, or labels as the model gives them (signature.output_array)."""
         return np.asarray(out, dtype=np.float32)
 
     def warmup(self, staged, batch_sizes=(1,), iterations=3):

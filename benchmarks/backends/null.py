@@ -8,6 +8,7 @@ from .base import Backend
 class NullBackend(Backend):
     kind = "null"
     shorthand = "null"
+    computes_model = False
 
     @classmethod
     def preflight(cls, cfg, model_kind, where):

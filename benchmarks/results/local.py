@@ -71,7 +71,9 @@ class LocalWriter:
 
     def write_accuracy(self, child: ChildResult, scores, y_pred, y_true, robustness=None):
         directory = self.child_dir(child)
-        arrays = {"y_pred": y_pred, "scores": scores.astype(np.float32), "sample_index": np.arange(len(scores))}
+        arrays = {"y_pred": y_pred, "sample_index": np.arange(len(scores))}
+        if scores.dtype.kind in "fiub":  # a label output of text has no scores
+            arrays["scores"] = scores.astype(np.float32)
         if y_true is not None:
             arrays["y_true"] = y_true
         np.savez(directory / Artifacts.PREDICTIONS, **arrays)

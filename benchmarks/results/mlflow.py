@@ -160,6 +160,8 @@ def parent_tags(result: BenchmarkResult):
             Tags.TASK: result.task, Tags.HARDWARE: result.hardware, Tags.ENVIRONMENT: result.environment}
     if result.command:
         tags[Tags.COMMAND] = result.command
+    if result.output:
+        tags[Tags.OUTPUT] = result.output
     fingerprint = result.fingerprint or {}
     for key, tag in (("slurm_job_id", Tags.SLURM_JOB_ID), ("slurm_array_job_id", Tags.SLURM_ARRAY_JOB_ID),
                      ("slurm_array_task_id", Tags.SLURM_ARRAY_TASK_ID), ("slurm_node", Tags.SLURM_NODE)):
