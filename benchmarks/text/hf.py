@@ -34,13 +34,21 @@ SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 #: the environment every load runs in: the Hub is never asked, not even for a version check
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "HF_HUB_DISABLE_TELEMETRY": "1", "TRANSFORMERS_VERBOSITY": "error"}
+                       "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def go_offline():
-    """Switch the Hugging Face libraries to offline mode for this process (idempotent)."""
-    for key, value in OFFLINE_ENVIRONMENT.items():
-        os.environ[key] = value if key != "TRANSFORMERS_VERBOSITY" else os.environ.get(key, value)
+    """Switch the Hugging Face libraries to offline mode for this process (idempotent); also quiet
+    their per-load progress bars and advice, which would fill a Slurm job's log."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def is_text_model_source(source) -> bool:
