@@ -23,6 +23,8 @@ from .result import BenchmarkResult, ChildResult
 from .results.local import LocalWriter, write_marker
 from .results.mlflow import DISABLED, MLflowReporter
 from .scenarios import ScenarioRunner
+from .text import is_text_model_source
+from .text import run as text_run
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,7 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     on_progress(done, total, step): when a step (a backend's accuracy, a scenario) starts and ends.
     """
     config.validate()
-    dataset = load_dataset(config.data)
-    model = load_model(config.model)
+    dataset, model = _load_inputs(config)
     for index, backend_cfg in enumerate(config.backends):
         kind = _model_kind(backend_cfg.model) if backend_cfg.model else model.kind
         preflight(backend_cfg, kind, f"backends[{index}]")
@@ -60,7 +61,8 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     if reporter is not None and not reporter.start(result, config.flat_params()):
         log.warning("%s; results kept in %s, push them later with `aif bench upload %s`",
                     reporter.error, writer.final, writer.final)
-    steps = Progress(_total_steps(config, dataset), progress, on_progress)
+    steps = Progress(text_run.total_steps(config, dataset) if _is_text(model) else _total_steps(config, dataset),
+                     progress, on_progress)
     run = BenchmarkRun(config, dataset, model, result, writer, reporter, steps)
     try:
         if on_started is not None:
@@ -89,6 +91,7 @@ class BenchmarkRun:
         self.config, self.dataset, self.model, self.result = config, dataset, model, result
         self.writer, self.reporter, self.steps = writer, reporter, steps
         self.reference_scores = None
+        self.text_reference = None  # text-generation: the first backend's generated ids and logits
 
     def abort(self, reason):
         """Cancel from outside (a signal handler): the reporter's run ends KILLED, no partial results."""
@@ -97,6 +100,8 @@ class BenchmarkRun:
         self.writer.discard()
 
     def run_backend(self, index):
+        if _is_text(self.model):  # Hugging Face models: text/run.py (tokens, generation metrics)
+            return text_run.run_backend(self, index)
         cfg = self.config.backends[index]
         where = f"backends[{index}]"
         model = load_model(self.config.model, cfg.model, where=f"{where}.model") if cfg.model else self.model
@@ -193,6 +198,21 @@ class Progress:
         self.bar.close()
 
 
+def _load_inputs(config):
+    """(dataset, model): a Hugging Face model is opened first, because its task decides how the data reads."""
+    source = config.model.path
+    if is_text_model_source(source) or source.startswith(("models:/", "runs:/")):
+        model = load_model(config.model)
+        if _is_text(model):
+            return text_run.load_text_data(config, model), model
+        return load_dataset(config.data), model
+    return load_dataset(config.data), load_model(config.model)
+
+
+def _is_text(model):
+    return getattr(model, "is_text", False)
+
+
 def _probe(backend, staged, model):
     """One query before LoadGen starts: a wrong shape/dtype or NaN output fails here, clearly."""
     try:
@@ -221,6 +241,8 @@ def _total_steps(config, dataset):
 
 
 def _model_kind(source):
+    if is_text_model_source(source):
+        return "hf"
     return "onnx" if str(source).endswith(".onnx") else "torch"
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from ..text.onnx_export import cache_root, export_causal_lm, export_encoder
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3  # bump when the layout or the recipe changes in a way params do not capture
+FORMAT_VERSION = 4  # bump when the layout or the recipe changes in a way params do not capture
 STAMP = ".aif-build.json"
 SPECIALS = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
 LABELS = ("docstring", "license")
@@ -791,8 +791,9 @@ LM_EVAL_TASKS = {
         "task": "aif_heldout_rolling", "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": "heldout_paragraphs.jsonl"}}, "test_split": "test",
         "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
-        "metric_list": [{"metric": m, "aggregation": m, "higher_is_better": False}
-                        for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
+        "metric_list": [{"metric": m, "aggregation": agg, "higher_is_better": False}
+                        for m, agg in (("word_perplexity", "weighted_perplexity"),
+                                       ("byte_perplexity", "weighted_perplexity"), ("bits_per_byte", "bits_per_byte"))],
     },
     "aif_completion": {
         "task": "aif_completion", "dataset_path": "json",
