@@ -68,3 +68,6 @@ from platform_fixtures import platform, platform_factory  # noqa: E402,F401
 
 # a real MLflow server (SQLite, served artifacts) shared by the benchmark and comparison tests
 from bench_fixtures import mlflow_server  # noqa: E402,F401
+
+# the reference language models (built once per cache) for the generative-AI tests
+from genai_fixtures import reference_lm  # noqa: E402,F401

@@ -52,14 +52,14 @@ def go_offline():
 
 
 def is_text_model_source(source) -> bool:
-    """`hf:...`, or a directory holding config.json (an .onnx file or a factory is not)."""
+    """`hf:...`, or a directory: the only models that are directories are Hugging Face ones (an
+    incomplete one is then refused by open_model_dir, naming what it lacks)."""
     source = str(source or "")
     if source.startswith(HF_PREFIX):
         return True
     if source.startswith(("models:/", "runs:/")):
         return False  # known only once downloaded (models.py looks at its flavors)
-    path = Path(source)
-    return path.is_dir() and (path / CONFIG_FILE).exists()
+    return Path(source).is_dir()
 
 
 def strip_prefix(source: str) -> Path:
@@ -182,6 +182,7 @@ def _param_text(model):
 def open_model_dir(cfg, source=None, where="model.path", tokenizer_dir=None) -> TextModel:
     """Check a Hugging Face directory and return it as a TextModel; nothing heavy is loaded."""
     source = source or cfg.path
+    go_offline()  # before transformers looks at anything: compute nodes have no internet
     path = strip_prefix(source).expanduser()
     if not path.exists():
         raise ModelError(f"{where}: {path} does not exist")
