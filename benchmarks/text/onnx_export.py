@@ -141,13 +141,18 @@ def export_encoder(model, dest: Path, task: str) -> Path:
     names = encoder_input_names(model)
     output = "logits" if task == TEXT_CLASSIFICATION else "last_hidden_state"
 
-    class Encoder(torch.nn.Module):
+    class Encoder(torch.nn.Module):  # explicit arguments: the exporter maps dynamic shapes onto them
         def __init__(self, enc):
             super().__init__()
             self.enc = enc
 
-        def forward(self, *inputs):
-            return getattr(self.enc(**dict(zip(names, inputs))), output)
+        def forward(self, input_ids, attention_mask):
+            return getattr(self.enc(input_ids=input_ids, attention_mask=attention_mask), output)
+
+    class SegmentEncoder(Encoder):
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return getattr(self.enc(input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids), output)
 
     seq_len = 16
     ids = torch.ones(2, seq_len, dtype=torch.long)
@@ -156,7 +161,8 @@ def export_encoder(model, dest: Path, task: str) -> Path:
     d = _dims(batch=(1, 1024), sequence=(2, context))
     shape = {0: d["batch"], 1: d["sequence"]}
     path = Path(dest) / ENCODER
-    torch.onnx.export(Encoder(model).eval(), example, path, dynamo=True, input_names=names, output_names=[output],
+    wrapper = SegmentEncoder(model) if "token_type_ids" in names else Encoder(model)
+    torch.onnx.export(wrapper.eval(), example, path, dynamo=True, input_names=names, output_names=[output],
                       dynamic_shapes=tuple(shape for _ in names), external_data=False, optimize=True, verbose=False)
     return strip_onnx_metadata(path)
 
