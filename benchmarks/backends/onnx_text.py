@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ModelError
+from ..layout import TEXT_GENERATION
 from .base import Backend
 from .devices import cuda_index, resolve_device
 from .generation import RowTracker, TokenStream, eos_ids, left_pad, right_pad, sample_numpy
@@ -54,7 +55,7 @@ class OnnxTextBackend(OnnxRuntimeBackend):
         self.generation = None
         self.kv_bytes_per_token = model.kv_cache_bytes_per_token("fp32")
         self.peak_kv_tokens = 0
-        if self.task == "text-generation" and not self.past_inputs:
+        if self.task == TEXT_GENERATION and not self.past_inputs:
             raise ModelError(f"{where}: {self.path} has no {PAST_PREFIX}* inputs: the decode loop needs a graph "
                              "with a KV cache (export with text/onnx_export.py)")
 
@@ -77,7 +78,7 @@ class OnnxTextBackend(OnnxRuntimeBackend):
 
     # -- encoders ----------------------------------------------------------------------------------
     def infer(self, batch):
-        if self.task == "text-generation":
+        if self.task == TEXT_GENERATION:
             return self.generate(batch)
         ids, mask = right_pad(list(batch.ids), self.pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask}
@@ -146,7 +147,7 @@ class OnnxTextBackend(OnnxRuntimeBackend):
         return (log_z - picked).sum(-1), np.full(len(blocks), blocks.shape[1] - 1, dtype=np.int64)
 
     def warmup(self, staged, batch_sizes=(1,), iterations=3):
-        if self.task != "text-generation":
+        if self.task != TEXT_GENERATION:
             return super().warmup(staged, batch_sizes, iterations)
         for size in batch_sizes:
             batch = staged[:size]

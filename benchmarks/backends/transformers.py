@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from ..errors import BackendError
+from ..layout import TEXT_GENERATION
 from .base import Backend
 from .devices import resolve_device
 from .generation import RowTracker, TokenStream, eos_ids, left_pad, right_pad
@@ -84,7 +85,7 @@ class TransformersBackend(Backend):
 
     def infer(self, batch):
         """Encoders: logits (classification) or mean-pooled embeddings (feature extraction)."""
-        if self.task == "text-generation":
+        if self.task == TEXT_GENERATION:
             return self.generate(batch)
         with self.torch.inference_mode():
             inputs = self._encoder_inputs(batch)
@@ -177,7 +178,7 @@ class TransformersBackend(Backend):
         return nll.double().cpu().numpy(), np.full(len(blocks), blocks.shape[1] - 1, dtype=np.int64)
 
     def warmup(self, staged, batch_sizes=(1,), iterations=3):
-        if self.task != "text-generation":
+        if self.task != TEXT_GENERATION:
             return super().warmup(staged, batch_sizes, iterations)
         for size in batch_sizes:
             batch = staged[:size]

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..layout import TEXT_CLASSIFICATION, Metrics
 from ..text.onnx_export import cache_root, export_causal_lm, export_encoder
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ def train_lm(params: BuildParams, tok, corpus: Corpus):
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         ppl = perplexity(model, val)
     model.eval()
-    return model, {"perplexity_init": ppl_init, "perplexity": ppl, "train_tokens": int(train.numel()),
+    return model, {"perplexity_init": ppl_init, Metrics.PERPLEXITY: ppl, "train_tokens": int(train.numel()),
                    "tokens_seen": p.steps * p.batch * p.seq_len, "heldout_tokens": int(val.numel())}
 
 
@@ -737,7 +738,7 @@ class Builder:
             write_jsonl(tmp / "classification.jsonl", ({"text": t, "label": LABELS[y]} for t, y in test_rows))
             if self.params.onnx:
                 t = time.perf_counter()
-                export_encoder(model, tmp, "text-classification")
+                export_encoder(model, tmp, TEXT_CLASSIFICATION)
                 info["onnx_s"] = time.perf_counter() - t
             return {**info, "parameters": model.num_parameters()}
         return self._part("encoder", build, deps=("tokenizer",))
@@ -759,7 +760,7 @@ class Builder:
             groups = {g: [i for i, p in enumerate(prompts) if p["group"] == g] for g in ("heldout", "model_exact")}
             em = {f"exact_match_{g}": exact_match([gen[i] for i in ix], [prompts[i]["reference"] for i in ix])
                   for g, ix in groups.items()}
-            return {**info, **em, "exact_match": exact_match(gen, [p["reference"] for p in prompts])}
+            return {**info, **em, Metrics.EXACT_MATCH: exact_match(gen, [p["reference"] for p in prompts])}
         return self._part("data", build, deps=("lm", "encoder"))
 
     def lm_untrained(self):
@@ -800,7 +801,7 @@ LM_EVAL_TASKS = {
         "dataset_kwargs": {"data_files": {"test": "../prompts.jsonl"}}, "test_split": "test",
         "output_type": "generate_until", "doc_to_text": "{{prompt}}", "doc_to_target": "{{reference}}",
         "generation_kwargs": {"until": ["\n"], "max_gen_toks": 16, "do_sample": False},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [{"metric": Metrics.EXACT_MATCH, "aggregation": "mean", "higher_is_better": True}],
     },
 }
 

@@ -149,9 +149,9 @@ def _generation_accuracy(run, backend, staged):
         metrics.update(text_metrics.generation_metrics(texts, dataset.references, cfg))
         exact, rouge = text_metrics.generation_scores(texts, dataset.references)
         for i, record in enumerate(records):
-            record.update(reference=dataset.references[i], exact_match=bool(exact[i]),
-                          rouge_l=float(rouge[Metrics.ROUGE_L][i]))
-        files[Artifacts.PREDICTIONS] = {"correct": exact, "rouge_l": rouge[Metrics.ROUGE_L],
+            record.update(reference=dataset.references[i], **{Metrics.EXACT_MATCH: bool(exact[i])},
+                          **{Metrics.ROUGE_L: float(rouge[Metrics.ROUGE_L][i])})
+        files[Artifacts.PREDICTIONS] = {"correct": exact, Metrics.ROUGE_L: rouge[Metrics.ROUGE_L],
                                         "sample_index": np.arange(len(texts))}
     if cfg.perplexity_text:
         blocks = text_metrics.perplexity_blocks(backend.tokenizer, cfg.perplexity_text, cfg.perplexity_block,
