@@ -30,10 +30,14 @@ class TimedBackend:
     """Wraps a backend: times each generate call's start and its rows' first tokens, independently."""
 
     def __init__(self, backend):
-        self.inner, self.first_token_ms = backend, []
+        object.__setattr__(self, "inner", backend)
+        object.__setattr__(self, "first_token_ms", [])
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):  # what the runner sets (min_new_tokens) reaches the backend
+        setattr(self.inner, name, value)
 
     def generate(self, batch, stream=None):
         start = time.perf_counter_ns()
@@ -178,3 +182,16 @@ def test_slo_presets_are_loadgens_own_mlperf_conf_and_from_config_applies_it_onc
         first, second = out.stdout.split("\n")[:2]
         assert first == f"{ttft} {tpot} True", (preset, first)
         assert second != first  # the trap: mlperf.conf is applied on the first call only
+
+
+def test_one_token_answers_get_a_second_token_so_loadgen_can_define_tpot(lm, reference_lm, tmp_path):
+    """LoadGen logs an error for n_tokens == 1 (no TPOT); the scenarios generate at least two tokens."""
+    backend, _, _ = lm
+    data = load_text_dataset(DataConfig(source=str(reference_lm["prompts"])), "text-generation")
+    prompts = tokenize(data, backend.model, GenerationConfig())
+    one_token = prompts[np.flatnonzero(prompts.max_new_tokens == 1)[:8]]
+    assert len(one_token) == 8  # the model_exact group: one-word references
+    runner = token_scenarios.TokenScenarioRunner(backend, one_token, ScenarioConfig(min_duration_s=0.1,
+                                                 min_query_count=8), GenerationConfig(), tmp_path)
+    run = runner.run("SingleStream")
+    assert run.token_records["output_tokens"].min() == 2 and run.metrics["tpot_p50_ms"] > 0

@@ -14,6 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 
+#: tokens every answer has in the token scenarios: LoadGen defines TPOT only for n_tokens > 1 and
+#: logs an error for a one-token response (the backends mask eos for the first two tokens there)
+MIN_SCENARIO_TOKENS = 2
+
+
 class TokenStream:
     """Receives a batch's tokens as they are generated; this one records nothing (accuracy)."""
 
@@ -35,9 +40,10 @@ class RowTracker:
     completes each request when that request, not the longest one, is done.
     """
 
-    def __init__(self, budgets, eos_ids, stream: TokenStream | None, ignore_eos=False):
-        self.budgets = [int(b) for b in budgets]
+    def __init__(self, budgets, eos_ids, stream: TokenStream | None, ignore_eos=False, min_tokens=0):
+        self.budgets = [max(int(b), min_tokens) for b in budgets]
         self.eos = set() if ignore_eos else set(eos_ids)
+        self.min_tokens = min_tokens  # eos does not end a row before this many tokens
         self.stream = stream or TokenStream()
         self.tokens = [[] for _ in self.budgets]
         self.finished = [False] * len(self.budgets)
@@ -55,7 +61,7 @@ class RowTracker:
                 stream.first_token(row, token)
             else:
                 stream.token(row)
-            if token in self.eos or len(kept) >= self.budgets[row]:
+            if (token in self.eos and len(kept) >= self.min_tokens) or len(kept) >= self.budgets[row]:
                 self._finish(row)
 
     def _finish(self, row):

@@ -53,6 +53,7 @@ class OnnxTextBackend(OnnxRuntimeBackend):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos = eos_ids(self.config.get("eos_token_id"), self.tokenizer.eos_token_id)
         self.generation = None
+        self.min_new_tokens = 0  # the token scenarios ask for 2 (LoadGen's TPOT needs n_tokens > 1)
         self.kv_bytes_per_token = model.kv_cache_bytes_per_token("fp32")
         self.peak_kv_tokens = 0
         if self.task == TEXT_GENERATION and not self.past_inputs:
@@ -114,15 +115,16 @@ class OnnxTextBackend(OnnxRuntimeBackend):
     def generate(self, batch, stream: TokenStream | None = None):
         cfg = self.generation
         ids, mask = left_pad(list(batch.ids), self.pad_id)
-        budgets = [int(b) for b in batch.max_new_tokens]
-        tracker = RowTracker(budgets, self.eos, stream, ignore_eos=cfg.ignore_eos)
+        tracker = RowTracker(batch.max_new_tokens, self.eos, stream, ignore_eos=cfg.ignore_eos,
+                             min_tokens=self.min_new_tokens)
+        budgets = tracker.budgets
         rng = np.random.default_rng(cfg.seed)
         self.peak_kv_tokens = max(self.peak_kv_tokens, len(budgets) * (ids.shape[1] + max(budgets)))
         past, x = self._empty_past(len(ids)), ids
         for step in range(max(budgets)):
             logits, past = self._forward(x, mask, past)
             last = logits[:, -1].copy()
-            if cfg.ignore_eos and self.eos:
+            if (cfg.ignore_eos or step < self.min_new_tokens) and self.eos:
                 last[:, self.eos] = -np.inf  # as min_new_tokens does in transformers
             tokens = sample_numpy(last, cfg, rng)
             tracker.step(tokens.tolist())

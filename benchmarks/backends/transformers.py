@@ -62,6 +62,7 @@ class TransformersBackend(Backend):
         self.module = model.load_module(cfg.precision, self.device, where)
         self.is_cuda = self.device.startswith("cuda")
         self.generation = None  # GenerationConfig, set by configure_generation
+        self.min_new_tokens = 0  # the token scenarios ask for 2 (LoadGen's TPOT needs n_tokens > 1)
         self.kv_bytes_per_token = model.kv_cache_bytes_per_token(cfg.precision)
         self.peak_kv_tokens = 0
         self._compiled = cfg.mode == "compile"
@@ -116,8 +117,9 @@ class TransformersBackend(Backend):
 
         cfg = self.generation
         ids, mask = left_pad(list(batch.ids), self.pad_id)
-        budgets = [int(b) for b in batch.max_new_tokens]
-        tracker = RowTracker(budgets, self.eos, stream, ignore_eos=cfg.ignore_eos)
+        tracker = RowTracker(batch.max_new_tokens, self.eos, stream, ignore_eos=cfg.ignore_eos,
+                             min_tokens=self.min_new_tokens)
+        budgets = tracker.budgets
         prompt_len = ids.shape[1]
         limit = torch.as_tensor(budgets, device=self.device)
 
@@ -148,6 +150,8 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if cfg.ignore_eos:
             kwargs["min_new_tokens"] = max(budgets)
+        elif self.min_new_tokens:
+            kwargs["min_new_tokens"] = self.min_new_tokens
         if self._compiled:
             kwargs["cache_implementation"] = "static"
         with torch.inference_mode(), warnings.catch_warnings():

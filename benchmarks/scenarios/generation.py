@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.generation import MIN_SCENARIO_TOKENS
 from ..errors import ScenarioError
 from ..layout import OFFLINE, SERVER, SINGLE_STREAM, TOKEN_PERCENTILES, Artifacts, Metrics, Tags
 from . import server_search
@@ -333,6 +334,7 @@ class TokenScenarioRunner:
         if scfg.min_query_count is None:
             self.profile["min_query_count"] = dict(TOKEN_QUERY_COUNTS[scfg.profile])
         self.bounds = loadgen_settings.token_bounds(scfg)
+        backend.min_new_tokens = MIN_SCENARIO_TOKENS  # LoadGen: n_tokens must exceed 1
         self.lengths = staged.lengths
         self._single_s = None
 
