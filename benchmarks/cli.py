@@ -14,19 +14,25 @@ from aifactory.common.errors import cli_errors
 
 from .errors import BenchmarkError
 from .launchers.slurm import submit
-from .config import PRECISIONS, PROFILES
+from .config import MODEL_TASKS, PRECISIONS, PROFILES
 from .layout import SCENARIOS, Metrics
+from .scenarios.settings import SLO_PRESETS
 
 SUMMARY_COLUMNS = ["backend", "scenario", "batch_size", "result_valid", Metrics.LATENCY_P50, Metrics.LATENCY_P90,
-                   Metrics.LATENCY_P99, Metrics.THROUGHPUT, Metrics.SERVER_MAX_VALID_QPS, Metrics.ACCURACY,
-                   Metrics.ci_low(Metrics.ACCURACY), Metrics.ci_high(Metrics.ACCURACY), Metrics.AGREEMENT_TOP1,
-                   Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.CROSSCHECK_AGREEMENT, Metrics.MAE, Metrics.R2,
-                   Metrics.ENERGY_PER_INFERENCE]
+                   Metrics.LATENCY_P99, Metrics.TTFT_P50, Metrics.TTFT_P99, Metrics.TPOT_P50, Metrics.TPOT_P99,
+                   Metrics.THROUGHPUT, Metrics.OUTPUT_TOKENS_PER_S, Metrics.GOODPUT, Metrics.SERVER_MAX_VALID_QPS,
+                   Metrics.ACCURACY, Metrics.ci_low(Metrics.ACCURACY), Metrics.ci_high(Metrics.ACCURACY),
+                   Metrics.EXACT_MATCH, Metrics.ROUGE_L, Metrics.PERPLEXITY, Metrics.AGREEMENT_TOP1,
+                   Metrics.AGREEMENT_TOKENS, Metrics.AGREEMENT_MAX_ABS_DIFF, Metrics.CROSSCHECK_AGREEMENT,
+                   Metrics.MAE, Metrics.R2, Metrics.ENERGY_PER_INFERENCE, Metrics.ENERGY_PER_OUTPUT_TOKEN]
 #: `aif bench run` flag -> (config section or None for the top level, field) it sets
 FLAG_FIELDS = {"model": ("model", "path"), "output": ("model", "output"), "data": ("data", "source"),
                "label": ("data", "label"),
                "profile": ("scenario", "profile"), "results_dir": (None, "results_dir"),
-               "tracking_uri": ("mlflow", "tracking_uri"), "experiment": ("mlflow", "experiment")}
+               "tracking_uri": ("mlflow", "tracking_uri"), "experiment": ("mlflow", "experiment"),
+               "task": ("model", "task"), "max_new_tokens": ("generation", "max_new_tokens"),
+               "max_batch_size": ("generation", "max_batch_size"), "slo_preset": ("scenario", "slo_preset"),
+               "ttft_ms": ("scenario", "ttft_ms"), "tpot_ms": ("scenario", "tpot_ms")}
 
 
 @click.group()
@@ -41,7 +47,7 @@ def build_config(config_path, overrides):
 
     raw = read_yaml(config_path) if config_path else {}
     for flag, (section, key) in FLAG_FIELDS.items():
-        if overrides[flag]:
+        if overrides.get(flag):
             (raw.setdefault(section, {}) if section else raw)[key] = overrides[flag]
     if overrides["backend"]:
         raw["backends"] = list(overrides["backend"])
@@ -63,11 +69,21 @@ def build_config(config_path, overrides):
 @bench.command()
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--model", help="Model file (.onnx/.pt/.pt2; scikit-learn/LightGBM/XGBoost .joblib/.skops), "
-                             "package.module:factory, or models:/NAME/VERSION.")
+              "package.module:factory, a Hugging Face directory (or hf:/DIR), or models:/NAME/VERSION.")
 @click.option("--output", help="The model output to score (default: chosen by rule; see docs/benchmarks.md).")
-@click.option("--data", help="sklearn:digits | file.npz | file.csv | file.parquet | image folder.")
+@click.option("--data", help="sklearn:digits | file.npz | file.csv | file.parquet | image folder; for text models "
+              "prompts.jsonl | .csv | .parquet | .txt | a datasets.save_to_disk folder.")
 @click.option("--label", help="Label column/key of the data (omit for latency-only runs).")
-@click.option("--backend", multiple=True, help="torch:eager, torch:compile, onnxruntime[:PROVIDER] (repeatable).")
+@click.option("--backend", multiple=True, help="torch:eager, torch:compile, onnxruntime[:PROVIDER], "
+              "transformers[:eager|compile] (repeatable).")
+@click.option("--task", type=click.Choice(MODEL_TASKS), help="Hugging Face models: the task (default: from config.json).")
+@click.option("--max-new-tokens", type=int, help="Text generation: tokens to generate per prompt (default: each "
+              "record's max_new_tokens, else 64).")
+@click.option("--max-batch-size", type=int, help="Text generation: static batch of Server/Offline (default 8).")
+@click.option("--slo-preset", type=click.Choice(sorted(SLO_PRESETS)), help="MLPerf's TTFT/TPOT Server bounds, e.g. "
+              "llama3.1-8b = 2000 / 100 ms.")
+@click.option("--ttft-ms", type=float, help="Server TTFT bound at p99 (overrides the preset's).")
+@click.option("--tpot-ms", type=float, help="Server TPOT bound at p99 (overrides the preset's).")
 @click.option("--scenario", multiple=True, type=click.Choice(SCENARIOS))
 @click.option("--profile", type=click.Choice(PROFILES), help="quick: seconds; full: MLPerf minimum durations.")
 @click.option("--precision", type=click.Choice(PRECISIONS))
@@ -145,13 +161,32 @@ def show(results):
 
 @bench.command("reference-models")
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
-def reference_models(directory):
-    """Train the reference models on bundled data and export them (ONNX, TorchScript, torch.export)."""
-    from .reference import MODELS_DIR
-    from .reference.build import export_all
+@click.option("--tabular/--no-tabular", default=True, show_default=True,
+              help="The digits/breast-cancer/diabetes models (DIRECTORY, default: the shipped folder).")
+@click.option("--language/--no-language", default=True, show_default=True,
+              help="The reference LM, untrained LM, encoder and their data (DIRECTORY/language, default: your cache).")
+@click.option("--onnx", is_flag=True, help="Also export the language models to ONNX beside them.")
+@click.option("--force", is_flag=True, help="Rebuild the language models even where their stamps match.")
+@cli_errors
+def reference_models(directory, tabular, language, onnx, force):
+    """Build the reference models from text and data every machine has; nothing is downloaded.
 
-    for path in export_all(Path(directory) if directory else MODELS_DIR):
-        click.echo(path)
+    The language models (a Llama-style LM, a BPE tokenizer, a BERT classifier) train in about
+    half a minute on 2 CPU cores and are reused while their inputs and versions are unchanged.
+    """
+    if tabular:
+        from .reference import MODELS_DIR
+        from .reference.build import export_all
+
+        for path in export_all(Path(directory) if directory else MODELS_DIR):
+            click.echo(path)
+    if language:
+        from .reference.language import BuildParams, build_all, default_dir
+
+        out = Path(directory) / "language" if directory else default_dir()
+        paths = build_all(out, BuildParams(onnx=onnx), force=force, log=lambda m: click.echo(m, err=True))
+        for name, path in paths.items():
+            click.echo(f"{name}: {path}")
 
 
 bench.add_command(submit)

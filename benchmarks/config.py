@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .layout import SCENARIOS
+from .layout import SCENARIOS, TEXT_TASKS
 
 PROFILES = ("quick", "full")
 TORCH_MODES = ("eager", "compile")
@@ -24,10 +24,12 @@ TASKS = ("auto", "classification", "multilabel", "regression", "none")
 FETCH_OUTPUTS = ("scored", "all")
 #: the cross-check's tolerance can be loosened this far and no further: it is never off
 MAX_CROSSCHECK_TOLERANCE = 0.5
+MODEL_TASKS = ("auto", *TEXT_TASKS)  # a Hugging Face model's task; "auto": from its config
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 DEFAULT_EXPERIMENT = "benchmarks"
 
-__all__ = ["AccuracyConfig", "BackendConfig", "BenchmarkConfig", "ConfigError", "DataConfig", "MLflowConfig",
-           "ModelConfig", "ScenarioConfig", "parse_backend_shorthand", "read_yaml"]
+__all__ = ["AccuracyConfig", "BackendConfig", "BenchmarkConfig", "ConfigError", "DataConfig", "GenerationConfig",
+           "LmEvalConfig", "MLflowConfig", "ModelConfig", "ScenarioConfig", "parse_backend_shorthand", "read_yaml"]
 
 
 @dataclass
@@ -41,11 +43,18 @@ class ModelConfig:
     output: str | None = None
     # The class of each score column, for models that do not record it (a torch model trained on strings).
     classes: list | None = None
+    # Hugging Face models (a directory with config.json, hf:/path, an MLflow transformers model)
+    task: str = "auto"  # text-generation | text-classification | feature-extraction; auto: from the config
+    tokenizer: str | None = None  # a tokenizer directory other than the model's own
+    trust_remote_code: bool = False  # honoured only where the operator allows it (AIF_HF_ALLOW_REMOTE_CODE)
 
     def validate(self, where="model"):
         if not self.path:
             raise ConfigError(f"{where}.path: required (an .onnx/.pt/.pt2/.joblib/.skops file, "
-                              "'package.module:function', or an MLflow URI models:/NAME/VERSION or runs:/RUN_ID/PATH)")
+                              "'package.module:function', a Hugging Face model directory or hf:/DIR, or an MLflow "
+                              "URI models:/NAME/VERSION or runs:/RUN_ID/PATH)")
+        if self.task not in MODEL_TASKS:
+            raise ConfigError(f"{where}.task: expected one of {', '.join(MODEL_TASKS)}, got {self.task!r}")
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise ConfigError(f"{where}.output: expected the name of one of the model's outputs, got {self.output!r}")
         if self.classes is not None and not (
@@ -73,6 +82,13 @@ class DataConfig:
     grayscale: bool = False
     # model input name -> NPZ key / table column (or a list of columns, stacked as its features)
     inputs: dict | None = None
+    # text data (.jsonl/.csv/.parquet/.txt, or a datasets.save_to_disk folder), by column name;
+    # None: the usual name (prompt, reference, text, messages) when the file has it
+    prompt: str | None = None
+    reference: str | None = None
+    text: str | None = None  # the input of text classification / feature extraction
+    messages: str | None = None  # chat-formatted prompts: a list of {role, content}
+    split: str | None = None  # which split of a saved DatasetDict (default: test, else the only one)
 
     def validate(self):
         if not self.source:
@@ -147,8 +163,21 @@ class ScenarioConfig:
     max_duration_s: float | None = None
     min_query_count: int | None = None
     warmup_s: float = 0.2
+    # token latencies (text-generation), Server bounds at p99; a preset names MLPerf's pair
+    slo_preset: str | None = None  # e.g. llama3.1-8b = TTFT 2000 ms / TPOT 100 ms
+    ttft_ms: float | None = None  # overrides the preset's TTFT bound
+    tpot_ms: float | None = None  # overrides the preset's TPOT bound
 
     def validate(self):
+        from .scenarios.settings import SLO_PRESETS
+
+        if self.slo_preset is not None and self.slo_preset not in SLO_PRESETS:
+            raise ConfigError(f"scenario.slo_preset: unknown preset {self.slo_preset!r}; expected one of "
+                              f"{', '.join(SLO_PRESETS)}")
+        for key in ("ttft_ms", "tpot_ms"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"scenario.{key}: expected a positive number of milliseconds, got {value!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"scenario.profile: expected one of {', '.join(PROFILES)}, got {self.profile!r}")
         for name in self.scenarios:
@@ -170,6 +199,56 @@ class ScenarioConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """How a text-generation model generates (every backend and scenario alike)."""
+
+    max_new_tokens: int | None = None  # default: each record's max_new_tokens, else 64
+    do_sample: bool = False  # greedy by default
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    seed: int = 0  # sampling: torch/numpy seeded per generate call
+    ignore_eos: bool = False  # generate exactly max_new_tokens (fixed-length outputs)
+    chat_template: str = "auto"  # auto: messages go through the tokenizer's template when it has one
+    max_batch_size: int = 8  # Server and Offline: requests batched together (static batching)
+    concurrency: int = 1  # workers taking batches from the queue (an endpoint backend wants more)
+
+    def validate(self):
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ConfigError(f"generation.max_new_tokens: expected a positive integer, got {self.max_new_tokens!r}")
+        for key in ("max_batch_size", "concurrency"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"generation.{key}: expected a positive integer, got {value!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"generation.top_k: expected an integer >= 0, got {self.top_k!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ConfigError(f"generation.temperature: expected a positive number, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ConfigError(f"generation.top_p: expected a number in (0, 1], got {self.top_p!r}")
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise ConfigError(f"generation.chat_template: expected one of {', '.join(CHAT_TEMPLATE_MODES)}, "
+                              f"got {self.chat_template!r}")
+
+
+@dataclass
+class LmEvalConfig:
+    """lm-evaluation-harness tasks, run offline from local task YAMLs over local data files."""
+
+    tasks: list[str] = field(default_factory=list)  # task names (from include_path) or YAML paths
+    include_path: str | None = None  # folder of task YAMLs
+    limit: int | None = None  # documents per task
+    num_fewshot: int | None = None
+    batch_size: int = 8
+
+    def validate(self):
+        if not isinstance(self.tasks, list) or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ConfigError(f"accuracy.lm_eval.tasks: expected a list of task names or YAML paths, got {self.tasks!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ConfigError(f"accuracy.lm_eval.limit: expected a positive integer, got {self.limit!r}")
+
+
+@dataclass
 class AccuracyConfig:
     enabled: bool = True
     bootstrap_resamples: int = 1000
@@ -183,8 +262,15 @@ class AccuracyConfig:
     # share of them allowed to disagree (default 0.01 at fp32, 0.05 at fp16/bf16).
     crosscheck_samples: int = 256
     crosscheck_tolerance: float | None = None
+    # text-generation: perplexity on a plain text file, in non-overlapping blocks of this many tokens
+    perplexity_text: str | None = None
+    perplexity_block: int = 128
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
     def validate(self):
+        if not isinstance(self.perplexity_block, int) or self.perplexity_block < 2:
+            raise ConfigError(f"accuracy.perplexity_block: expected an integer >= 2, got {self.perplexity_block!r}")
+        self.lm_eval.validate()
         if not self.robustness_levels or not all(
             isinstance(v, (int, float)) and v > 0 for v in self.robustness_levels
         ):
@@ -216,6 +302,7 @@ class BenchmarkConfig:
     backends: list[BackendConfig] = field(default_factory=lambda: [BackendConfig()])
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     results_dir: str = "aif-results"
     name: str | None = None
@@ -229,6 +316,7 @@ class BenchmarkConfig:
             backend.validate(f"backends[{i}]")
         self.scenario.validate()
         self.accuracy.validate()
+        self.generation.validate()
         return self
 
     @classmethod
@@ -328,9 +416,16 @@ def _resolve_relative_paths(data, base):
         candidate = base / value
         return str(candidate) if candidate.exists() else value
 
-    for section, key in (("model", "path"), ("data", "source")):
+    for section, key in (("model", "path"), ("model", "tokenizer"), ("data", "source"),
+                         ("accuracy", "perplexity_text")):
         if isinstance(data.get(section), dict) and key in data[section]:
             data[section][key] = fix(data[section][key])
     for backend in data.get("backends") or []:
         if isinstance(backend, dict) and "model" in backend:
             backend["model"] = fix(backend["model"])
+    lm_eval = (data.get("accuracy") or {}).get("lm_eval") if isinstance(data.get("accuracy"), dict) else None
+    if isinstance(lm_eval, dict):
+        if "include_path" in lm_eval:
+            lm_eval["include_path"] = fix(lm_eval["include_path"])
+        if isinstance(lm_eval.get("tasks"), list):
+            lm_eval["tasks"] = [fix(t) if str(t).endswith((".yaml", ".yml")) else t for t in lm_eval["tasks"]]

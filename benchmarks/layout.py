@@ -15,6 +15,17 @@ OFFLINE = "Offline"
 SCENARIOS = (SINGLE_STREAM, MULTI_STREAM, SERVER, OFFLINE)
 #: the `aif.scenario` of the child run that holds a backend's accuracy (not a LoadGen scenario)
 ACCURACY = "Accuracy"
+#: the LoadGen scenarios a generative model (text-generation) runs under, with token latencies
+TOKEN_SCENARIOS = (SINGLE_STREAM, SERVER, OFFLINE)
+
+# -- tasks (tag aif.task) -----------------------------------------------------------------------
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+NO_TASK = "none"
+TEXT_GENERATION = "text-generation"  # causal LMs
+TEXT_CLASSIFICATION = "text-classification"  # encoders with a classification head
+FEATURE_EXTRACTION = "feature-extraction"  # encoders returning embeddings
+TEXT_TASKS = (TEXT_GENERATION, TEXT_CLASSIFICATION, FEATURE_EXTRACTION)
 
 # -- run kinds (tag aif.kind) -----------------------------------------------------------------
 KIND_BENCHMARK = "benchmark"  # the parent run of one `aif bench run`
@@ -42,6 +53,11 @@ class Tags:
     SLURM_ARRAY_JOB_ID = "aif.slurm.array_job_id"
     SLURM_ARRAY_TASK_ID = "aif.slurm.array_task_id"
     SLURM_NODE = "aif.slurm.node"
+    # token scenarios (text-generation): LoadGen's verdict on its TTFT and TPOT bounds (Server)
+    CONSTRAINTS_MET = "aif.loadgen.constraints_met"
+    TTFT_CONSTRAINT = "aif.loadgen.ttft_constraint"
+    TPOT_CONSTRAINT = "aif.loadgen.tpot_constraint"
+    SLO_PRESET = "aif.slo_preset"
     ERROR = "aif.error"
     # which output was scored, which a query fetched, whose predictions the backend was checked against
     OUTPUT = "aif.output"
@@ -89,13 +105,63 @@ class Metrics:
     CROSSCHECK_SCORE = "crosscheck_score"
     CROSSCHECK_REFERENCE_SCORE = "crosscheck_reference_score"
 
+    # token latencies (text-generation), in ms; LoadGen's own figures, except ITL (the SUT's clock)
+    TTFT_P50 = "ttft_p50_ms"
+    TTFT_P90 = "ttft_p90_ms"
+    TTFT_P99 = "ttft_p99_ms"
+    TTFT_MEAN = "ttft_mean_ms"
+    TPOT_P50 = "tpot_p50_ms"
+    TPOT_P90 = "tpot_p90_ms"
+    TPOT_P99 = "tpot_p99_ms"
+    TPOT_MEAN = "tpot_mean_ms"
+    ITL_P50 = "itl_p50_ms"
+    ITL_P90 = "itl_p90_ms"
+    ITL_P99 = "itl_p99_ms"
+    TTFT_BOUND = "ttft_bound_ms"
+    TPOT_BOUND = "tpot_bound_ms"
+    OUTPUT_TOKENS_PER_S = "output_tokens_per_s"
+    GOODPUT = "goodput_requests_per_s"
+    INPUT_TOKENS_MEAN = "input_tokens_mean"
+    INPUT_TOKENS_P50 = "input_tokens_p50"
+    INPUT_TOKENS_MAX = "input_tokens_max"
+    OUTPUT_TOKENS_MEAN = "output_tokens_mean"
+    OUTPUT_TOKENS_P50 = "output_tokens_p50"
+    OUTPUT_TOKENS_MAX = "output_tokens_max"
+    ENERGY_PER_OUTPUT_TOKEN = "energy_j_per_output_token"
+    KV_CACHE_PER_TOKEN = "kv_cache_bytes_per_token"
+    KV_CACHE_PEAK = "kv_cache_peak_mb"
+    # accuracy of text models
+    PERPLEXITY = "perplexity"
+    EXACT_MATCH = "exact_match"
+    ROUGE_1 = "rouge_1"
+    ROUGE_2 = "rouge_2"
+    ROUGE_L = "rouge_l"
+    AGREEMENT_TOKENS = "agreement_tokens_equal"
+    AGREEMENT_COSINE = "agreement_min_cosine"
+
     CLASSIFICATION = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
     REGRESSION = (R2, MAE, RMSE)
+    GENERATION = (EXACT_MATCH, ROUGE_1, ROUGE_2, ROUGE_L, PERPLEXITY)
+    TOKEN_LATENCIES = (TTFT_P50, TTFT_P90, TTFT_P99, TTFT_MEAN, TPOT_P50, TPOT_P90, TPOT_P99, TPOT_MEAN)
+    #: lower is better among the quality metrics
+    LOWER_IS_BETTER = (MAE, RMSE, PERPLEXITY)
 
     @staticmethod
     def latency(statistic):
         """`latency_<statistic>_ms` for p50, p90, p95, p99, mean or max."""
         return f"latency_{statistic}_ms"
+
+    @staticmethod
+    def token_latency(kind, statistic):
+        """`ttft_<statistic>_ms` / `tpot_..._ms` / `itl_..._ms` for p50, p90, p99 or mean."""
+        return f"{kind}_{statistic}_ms"
+
+    @staticmethod
+    def lm_eval(task, metric):
+        """`lm_eval.<task>.<metric>` (lm-eval's `exact_match,strict` -> `exact_match.strict`)."""
+        name, _, filter_name = metric.partition(",")
+        suffix = "" if filter_name in ("", "none") else f".{filter_name}"
+        return f"lm_eval.{task}.{name}{suffix}"
 
     @staticmethod
     def ci_low(metric):
@@ -108,6 +174,10 @@ class Metrics:
 
 #: the percentiles LoadGen's detail log reports and the suite logs, as `latency_<p>_ms`
 LATENCY_PERCENTILES = ("p50", "p90", "p95", "p99")
+#: the percentiles of TTFT and TPOT the suite logs, as `ttft_<p>_ms` / `tpot_<p>_ms`
+TOKEN_PERCENTILES = ("p50", "p90", "p99")
+#: the prefix of every lm-evaluation-harness metric (Metrics.lm_eval)
+LM_EVAL_PREFIX = "lm_eval."
 
 
 class Artifacts:
@@ -121,6 +191,9 @@ class Artifacts:
     LOADGEN_SUMMARY = "mlperf_log_summary.txt"
     LOADGEN_DETAIL = "mlperf_log_detail.txt"
     PREDICTIONS = "predictions.npz"  # accuracy child
+    TOKEN_LATENCIES = "token_latencies.npz"  # token scenario child: per-query TTFT, TPOT, tokens
+    GENERATIONS = "generations.jsonl"  # accuracy child of a text-generation backend
+    LM_EVAL = "lm_eval.json"  # accuracy child: lm-evaluation-harness results as it returned them
     ROBUSTNESS = "robustness.json"  # accuracy child, optional
     REPORTS_DIR = "reports"  # `aif report` pages
 
@@ -130,3 +203,4 @@ class Params:
 
     BATCH_SIZE = "scenario.batch_size"
     SERVER_TARGET_QPS = "scenario.server_target_qps"
+    MAX_NEW_TOKENS = "generation.max_new_tokens"

@@ -64,8 +64,14 @@ class LoadedModel:
 
 def load_model(cfg: ModelConfig, source: str | None = None, where="model.path") -> LoadedModel:
     source = source or cfg.path
+    if _is_text_model(source):  # a Hugging Face directory or hf:/DIR (text/hf.py checks it)
+        from .text.hf import open_model_dir
+
+        return open_model_dir(cfg, source, where)
     if source.startswith(("models:/", "runs:/")):
-        model = _from_mlflow(source, where)
+        model = _from_mlflow(source, where, cfg)
+        if getattr(model, "is_text", False):
+            return model
     elif _is_factory(source):
         model = _from_factory(source, where)
     else:
@@ -101,6 +107,10 @@ def choose_scored_output(model, cfg: ModelConfig):
         classes = graph_classes(model.path, choice)
     model.output = choice.with_classes(classes)
     return model.output
+def _is_text_model(source):
+    from .text.hf import is_text_model_source
+
+    return is_text_model_source(source)
 
 
 def _is_factory(source):
@@ -305,7 +315,7 @@ def _eval(module):
     return module
 
 
-def _from_mlflow(uri, where):
+def _from_mlflow(uri, where, cfg=None):
     """Download the model's artifacts and load it by flavor (onnx file, or the pytorch flavor)."""
     import mlflow
     import yaml
@@ -319,6 +329,8 @@ def _from_mlflow(uri, where):
         raise ModelError(f"{where}: {uri} is not an MLflow model (no MLmodel file)")
     flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
     name = uri.rstrip("/").split("/")[1] if uri.startswith("models:/") else local.name
+    if "transformers" in flavors:  # a Hugging Face model logged with mlflow.transformers
+        return _from_mlflow_transformers(local, flavors["transformers"], uri, cfg.name or name, where, cfg)
     if "onnx" in flavors:
         model = _onnx(local / flavors["onnx"].get("data", "model.onnx"), where)
     elif "pytorch" in flavors:
@@ -331,10 +343,31 @@ def _from_mlflow(uri, where):
 
         model = _from_estimator(mlflow.sklearn.load_model(str(local)), name, uri)
     else:
-        raise ModelError(f"{where}: {uri} has flavors {', '.join(flavors) or 'none'}; expected onnx, pytorch or sklearn")
+        raise ModelError(f"{where}: {uri} has flavors {', '.join(flavors) or 'none'}; expected onnx, pytorch, "
+                         "sklearn or transformers")
     _apply_mlflow_signature(model, local)
     model.name, model.source = name, uri
     return model
+
+
+def _from_mlflow_transformers(local, flavor, uri, name, where, cfg):
+    import dataclasses
+
+    from .text.hf import mlflow_model_dirs, open_model_dir
+
+    model_dir, tokenizer_dir = mlflow_model_dirs(local, flavor)
+    task = cfg.task if cfg.task != "auto" else _task_of(flavor.get("task"))
+    model = open_model_dir(dataclasses.replace(cfg, path=str(model_dir), task=task), str(model_dir), where,
+                           cfg.tokenizer or tokenizer_dir)
+    model.name, model.source = name, uri
+    return model
+
+
+def _task_of(mlflow_task):
+    """MLflow records the pipeline task (text-generation, text-classification, feature-extraction)."""
+    from .layout import TEXT_TASKS
+
+    return mlflow_task if mlflow_task in TEXT_TASKS else "auto"
 
 
 def _apply_mlflow_signature(model, local):

@@ -25,6 +25,8 @@ from .results.local import LocalWriter, write_marker
 from .results.mlflow import DISABLED, MLflowReporter
 from .scenarios import ScenarioRunner
 from .signature import describe_batch
+from .text import is_text_model_source
+from .text import run as text_run
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,20 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     on_progress(done, total, step): when a step (a backend's accuracy, a scenario) starts and ends.
     """
     config.validate()
-    dataset = load_dataset(config.data)
-    model = load_model(config.model)
+    dataset, model = _load_inputs(config)
     for index, backend_cfg in enumerate(config.backends):
         kind = _model_kind(backend_cfg.model) if backend_cfg.model else model.kind
         preflight(backend_cfg, kind, f"backends[{index}]")
     # inputs bound, output chosen, task settled, the framework's own predictions made: a model the
     # suite cannot read right fails here, before any result (local or in MLflow) exists
-    prepared = prepare_model(model, dataset, config)
+    # (a Hugging Face model is read by text/run.py: its tokens, not tensors, are what it takes)
+    prepared = None if _is_text(model) else prepare_model(model, dataset, config)
     fingerprint = collect(config.to_dict())
     name = config.name or model.name
     first = config.backends[0]
     result = BenchmarkResult(
-        name=name, model=model.name, dataset=dataset.name, task=prepared.data.task, output=model.output.name,
+        name=name, model=model.name, dataset=dataset.name, task=dataset.task if prepared is None else prepared.data.task,
+        output=None if prepared is None else model.output.name,
         hardware=hardware_tag(backend_class(first.kind).planned_device(first), fingerprint),
         environment=environment_name(), config=config.to_dict(), fingerprint=fingerprint,
         status="RUNNING", started=time.time())
@@ -65,8 +68,9 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
     if reporter is not None and not reporter.start(result, config.flat_params()):
         log.warning("%s; results kept in %s, push them later with `aif bench upload %s`",
                     reporter.error, writer.final, writer.final)
-    steps = Progress(_total_steps(config, prepared.data), progress, on_progress)
-    run = BenchmarkRun(config, dataset, prepared, result, writer, reporter, steps)
+    steps = Progress(text_run.total_steps(config, dataset) if prepared is None else _total_steps(config, prepared.data),
+                     progress, on_progress)
+    run = BenchmarkRun(config, dataset, model, prepared, result, writer, reporter, steps)
     try:
         if on_started is not None:
             on_started(run)
@@ -90,11 +94,14 @@ def run_benchmark(config: BenchmarkConfig, progress=True, *, reporter=FROM_CONFI
 class BenchmarkRun:
     """One benchmark in progress: its result so far, its local writer and its reporter."""
 
-    def __init__(self, config, source: Dataset, prepared: PreparedModel, result, writer, reporter, steps):
+    def __init__(self, config, source: Dataset, model, prepared: PreparedModel | None, result, writer, reporter,
+                 steps):
         self.config, self.source, self.prepared, self.result = config, source, prepared, result
-        self.dataset, self.model = prepared.data, prepared.model
+        # a text model has no PreparedModel: text/run.py reads its tokenized dataset and the model itself
+        self.dataset, self.model = (source, model) if prepared is None else (prepared.data, prepared.model)
         self.writer, self.reporter, self.steps = writer, reporter, steps
         self.reference_scores = self.reference_choice = None
+        self.text_reference = None  # text-generation: the first backend's generated ids and logits
 
     def abort(self, reason):
         """Cancel from outside (a signal handler): the reporter's run ends KILLED, no partial results."""
@@ -103,6 +110,8 @@ class BenchmarkRun:
         self.writer.discard()
 
     def run_backend(self, index):
+        if _is_text(self.model):  # Hugging Face models: text/run.py (tokens, generation metrics)
+            return text_run.run_backend(self, index)
         cfg = self.config.backends[index]
         where = f"backends[{index}]"
         prepared = self._prepared_for(cfg, where)
@@ -229,6 +238,21 @@ class Progress:
         self.bar.close()
 
 
+def _load_inputs(config):
+    """(dataset, model): a Hugging Face model is opened first, because its task decides how the data reads."""
+    source = config.model.path
+    if is_text_model_source(source) or source.startswith(("models:/", "runs:/")):
+        model = load_model(config.model)
+        if _is_text(model):
+            return text_run.load_text_data(config, model), model
+        return load_dataset(config.data), model
+    return load_dataset(config.data), load_model(config.model)
+
+
+def _is_text(model):
+    return getattr(model, "is_text", False)
+
+
 def _probe(backend, staged, model):
     """One query before LoadGen starts: a wrong shape/dtype or NaN output fails here, clearly."""
     try:
@@ -256,6 +280,8 @@ def _total_steps(config, dataset):
 
 
 def _model_kind(source):
+    if is_text_model_source(source):
+        return "hf"
     if str(source).endswith(".onnx"):
         return "onnx"
     return "sklearn" if str(source).endswith(ESTIMATOR_SUFFIXES) else "torch"

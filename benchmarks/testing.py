@@ -8,6 +8,9 @@
   run, one child per scenario, an Accuracy child with predictions.npz), from given data.
 - `measure_sklearn_model(...)`: real predictions and real per-query latencies of a scikit-learn
   classifier on the bundled digits dataset, to feed `log_benchmark` without the suite's own runs.
+- `reference_language()`: the reference LM, untrained LM, encoder and their data files, built on
+  first use into the cache (about half a minute) and reused after; `tiny_lm_config(...)` a
+  benchmark config of that LM small enough for a test.
 """
 
 from __future__ import annotations
@@ -266,3 +269,32 @@ def measure_sklearn_model(name, estimator, split, *, queries=200, noise_levels=(
         robustness={"perturbation": "gaussian_noise", "relative_to": "feature_std", "levels": levels},
         backend=backend, precision="fp64" if dtype == np.float64 else "fp32",
     )
+
+
+def reference_language():
+    """Paths of the reference language models and data (reference/language.py), built once per cache."""
+    from .reference.language import ensure_built
+
+    return ensure_built()
+
+
+def tiny_lm_config(results_dir, model=None, **sections):
+    """A quick config of the reference LM: a few prompts, short tests, one thread, MLflow off."""
+    paths = reference_language()
+    config = {
+        "model": {"path": str(model or paths["lm"])},
+        "data": {"source": str(paths["prompts"]), "limit": 16},
+        "backends": [{"kind": "transformers", "threads": 1}],
+        "scenario": {"profile": "quick", "min_duration_s": 0.2, "min_query_count": 8, "warmup_s": 0.05,
+                     "scenarios": [SINGLE_STREAM]},
+        "generation": {"max_batch_size": 4},
+        "accuracy": {"bootstrap_resamples": 200},
+        "mlflow": {"enabled": False},
+        "results_dir": str(results_dir),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config

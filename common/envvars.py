@@ -66,3 +66,10 @@ MLFLOW_BUFFERED_LOGGING = _var("AIF_MLFLOW_BUFFERED_LOGGING", "1 in sessions: ML
                                "session's batching tracking store (extensions).", "session")
 WORKER_PARENT = _var("AIF_WORKER_PARENT", "Pid of the kernel that started a notebook benchmark worker; the worker "
                      "exits when that kernel is gone.", "session")
+
+# -- the benchmark suite ----------------------------------------------------------------------------
+HF_ALLOW_REMOTE_CODE = _var("AIF_HF_ALLOW_REMOTE_CODE", "1 lets benchmarks load Hugging Face models that need their "
+                            "own Python code (config auto_map), where the config also says "
+                            "model.trust_remote_code: true; unset, such models are refused.", "operator")
+REFERENCE_CACHE = _var("AIF_REFERENCE_CACHE", "Where `aif bench reference-models` keeps the reference language "
+                       "models it builds (default: $XDG_CACHE_HOME/aifactory, else ~/.cache/aifactory).", "operator")

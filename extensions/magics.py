@@ -36,7 +36,8 @@ class AIFMagics(Magics):
 
     @magic_arguments()
     @argument("--model", dest="model_var", help="Name of the torch.nn.Module variable (default: the one the cell defines).")
-    @argument("--input-shape", required=True, help="Per-sample input shape without the batch dimension, e.g. 64 or 1,8,8.")
+    @argument("--input-shape", help="torch modules: per-sample input shape without the batch dimension, e.g. 64 or "
+              "1,8,8 (Hugging Face models need none).")
     @argument("--data", default="sklearn:digits", help="Dataset: sklearn:NAME, .npz, .csv, .parquet, image folder.")
     @argument("--label", default=None, help="Label column/key of a data file.")
     @argument("--backend", action="append", help="torch:eager, torch:compile, onnxruntime (repeatable).")
@@ -47,7 +48,8 @@ class AIFMagics(Magics):
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating.")
     @cell_magic
     def aif_bench(self, line, cell):
-        """Run the cell, then benchmark the torch model it defines (exported as TorchScript)."""
+        """Run the cell, then benchmark the model it defines: a torch module (exported as TorchScript),
+        or a Hugging Face model (saved with its tokenizer as a model directory)."""
         from .panels import DEFAULT_SCENARIOS, BenchmarkPanel, error_box
 
         args = parse_argstring(self.aif_bench, line)
@@ -62,9 +64,16 @@ class AIFMagics(Magics):
         self.shell.user_ns["aif_bench_panel"] = panel  # the last one: its job, result and run id
         try:
             name, module = find_module(self.shell.user_ns, before, args.model_var)
-            shape = [int(d) for d in args.input_shape.split(",")]
-            panel.model.value = str(export_torchscript(module, name, shape))
-            panel.overrides["model"] = {"input_shape": shape}
+            if is_hf_model(module):
+                panel.model.value = str(save_hf_model(module, find_tokenizer(self.shell.user_ns, name), name))
+                if not args.backend:
+                    panel.backends.value = ("transformers",)
+            else:
+                if not args.input_shape:
+                    raise ModelNotFound(f"{name} is a torch module: give --input-shape (per sample, e.g. 64)")
+                shape = [int(d) for d in args.input_shape.split(",")]
+                panel.model.value = str(export_torchscript(module, name, shape))
+                panel.overrides["model"] = {"input_shape": shape}
         except Exception as err:  # noqa: BLE001 - the cell's model is the user's: say what went wrong
             panel.message.value = error_box(f"%%aif_bench: {err}")
             return
@@ -86,6 +95,30 @@ def find_module(namespace, before, name=None):
     if not new:
         raise ModelNotFound("the cell defines no torch.nn.Module; assign one to a variable or pass --model NAME")
     return new[-1]
+
+
+def is_hf_model(module):
+    """A transformers model (PreTrainedModel): it saves itself as a model directory."""
+    return hasattr(module, "save_pretrained") and hasattr(module, "config")
+
+
+def find_tokenizer(namespace, model_name):
+    """The tokenizer the cell's namespace holds (the model needs one saved beside it)."""
+    tokenizers = [(k, v) for k, v in namespace.items()
+                  if not k.startswith("_") and hasattr(v, "save_pretrained") and hasattr(v, "convert_ids_to_tokens")]
+    if not tokenizers:
+        raise ModelNotFound(f"{model_name} is a Hugging Face model but no tokenizer variable is defined; load one "
+                            "(AutoTokenizer.from_pretrained) in the cell or before it")
+    return tokenizers[-1][1]
+
+
+def save_hf_model(module, tokenizer, name, directory=EXPORT_DIR):
+    """Model and tokenizer saved as one directory the worker process loads offline."""
+    path = Path(directory, name).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    module.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def export_torchscript(module, name, input_shape, directory=EXPORT_DIR):

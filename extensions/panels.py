@@ -16,12 +16,15 @@ from aifactory.benchmarks.layout import KIND_BENCHMARK, OFFLINE, SCENARIOS, SING
 from .session import mlflow_link, session_info
 
 MODEL_SUFFIXES = (".onnx", ".pt", ".pt2")
-DATA_SUFFIXES = (".npz", ".csv", ".parquet")
+DATA_SUFFIXES = (".npz", ".csv", ".parquet", ".jsonl", ".txt")
 BUILTIN_DATA = ["sklearn:digits", "sklearn:breast_cancer", "sklearn:diabetes"]
 DEFAULT_SCENARIOS = (SINGLE_STREAM, OFFLINE)
 TABLE_COLUMNS = ["backend", "scenario", "result_valid", Metrics.LATENCY_P50, Metrics.LATENCY_P90, Metrics.LATENCY_P99,
+                 Metrics.TTFT_P50, Metrics.TTFT_P99, Metrics.TPOT_P50, Metrics.TPOT_P99, Metrics.OUTPUT_TOKENS_PER_S,
                  Metrics.THROUGHPUT, Metrics.SERVER_MAX_VALID_QPS, Metrics.ACCURACY, Metrics.ci_low(Metrics.ACCURACY),
-                 Metrics.ci_high(Metrics.ACCURACY), Metrics.AGREEMENT_TOP1]
+                 Metrics.ci_high(Metrics.ACCURACY), Metrics.EXACT_MATCH, Metrics.ROUGE_L, Metrics.PERPLEXITY,
+                 Metrics.AGREEMENT_TOP1, Metrics.AGREEMENT_TOKENS]
+BACKEND_CHOICES = ["onnxruntime", "torch:eager", "torch:compile", "transformers"]
 MAX_FILES_LISTED = 200
 
 
@@ -43,6 +46,19 @@ def files_under(home, suffixes, limit=MAX_FILES_LISTED):
                 found.append(os.path.relpath(os.path.join(root, name), home))
                 if len(found) >= limit:
                     return found
+    return found
+
+
+def model_dirs_under(home, limit=MAX_FILES_LISTED):
+    """Hugging Face model directories (holding config.json) in the user's home, relative to it."""
+    found = []
+    for root, dirs, files in os.walk(home):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("aif-results", "__pycache__"))
+        if "config.json" in files and any(f.endswith((".safetensors", ".bin")) for f in files):
+            found.append(os.path.relpath(root, home))
+            dirs[:] = []  # a model's own folders (onnx/) are not models
+            if len(found) >= limit:
+                break
     return found
 
 
@@ -77,8 +93,8 @@ class BenchmarkPanel(w.VBox):
         self.data = w.Combobox(value=data, options=BUILTIN_DATA + files_under(self.home, DATA_SUFFIXES),
                                description="Dataset", ensure_option=False, layout=w.Layout(width="60%"))
         self.label = w.Text(value=label or "", description="Label", placeholder="column/key (files only)")
-        self.backends = w.SelectMultiple(options=["onnxruntime", "torch:eager", "torch:compile"],
-                                         value=tuple(backends), description="Backends", rows=3)
+        self.backends = w.SelectMultiple(options=BACKEND_CHOICES, value=tuple(backends), description="Backends",
+                                         rows=4)
         self.device = w.Dropdown(options=["auto", "cpu", "cuda"], value=device, description="Device")
         self.scenarios = w.SelectMultiple(options=list(SCENARIOS), value=tuple(scenarios), description="Scenarios", rows=4)
         self.profile = w.ToggleButtons(options=["quick", "full"], value=profile, description="Profile")
@@ -101,7 +117,7 @@ class BenchmarkPanel(w.VBox):
         self.add_class("aif-benchmark-panel")
 
     def _model_choices(self):
-        choices = files_under(self.home, MODEL_SUFFIXES)
+        choices = files_under(self.home, MODEL_SUFFIXES) + model_dirs_under(self.home)
         try:
             choices += registered_models(self.tracking_uri)
         except Exception:  # noqa: BLE001, S110 - the list is a convenience; Run reports MLflow problems

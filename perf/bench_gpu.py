@@ -7,13 +7,23 @@ says so and exits 0 (there is nothing to measure on a CPU-only machine).
    Offline scenario at a large batch; achieved FLOP/s = samples/s x 2 x depth x width^2.
    Target: achieved / peak >= 0.9.
 3. SingleStream p50 of the digits MLP (torch eager, bf16) with `cuda_graphs` off and on.
+4. LLM decode: a Llama-3.1-8B-shaped model with random weights from its config (bf16, built on
+   the device, nothing downloaded). Batch-1 decode tokens/s against the memory roofline: HBM
+   bandwidth measured here by a device-to-device copy, divided by the bytes read per token (the
+   weights, plus the KV cache so far). Then TTFT/TPOT under LoadGen's Server scenario through the
+   suite's transformers backend (llama3.1-8b bounds) and NVML energy per output token.
+
+Without a CUDA device the GPU parts are skipped, and part 4 runs on the CPU with a tiny Llama
+config (host memcpy bandwidth), in seconds: the script is proven before a device is lent.
 
     .venv/bin/python perf/bench_gpu.py [--width 16384] [--depth 8] [--batch 4096] [--seconds 5]
+    .venv/bin/python perf/bench_gpu.py --llm-only [--llm-tokens 128]
 """
 
 import argparse
 import json
 import tempfile
+import time
 
 import numpy as np
 
@@ -74,18 +84,146 @@ def single_stream_p50_us(cuda_graphs, seconds, log_root):
     return run.metrics[Metrics.LATENCY_P50] * 1e3, run
 
 
+# -- LLM decode (part 4) --------------------------------------------------------------------------
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024)
+
+
+def copy_bandwidth_gbs(torch, device, gib=4.0):
+    """Read+write bytes per second of a device-to-device copy (the decode roofline's bandwidth)."""
+    n = int(gib * 2**30 / 2)
+    src = torch.empty(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    rounds = 10
+    for _ in range(rounds):
+        dst.copy_(src)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * src.numel() * src.element_size() * rounds / (time.perf_counter() - start) / 1e9
+
+
+class _Tokenizer:
+    """What the backend reads of a tokenizer when prompts come as token ids (random weights: no text)."""
+
+    pad_token_id, eos_token_id = 0, None
+
+
+def llm_model(torch, shape, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    return model
+
+
+def decode_tokens_per_s(torch, model, tokens, device):
+    """Batch-1 greedy decode, eos ignored: generated tokens / time after the first token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    ids = torch.randint(3, model.config.vocab_size, (1, 128 if device == "cuda" else 16), device=device)
+    with torch.inference_mode():
+        model.generate(input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
+        streamer = Stamps()
+        model.generate(input_ids=ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=streamer)
+    decode_s = streamer.times[-1] - streamer.times[1]
+    return (tokens - 1) / decode_s
+
+
+def llm_server(torch, model, device, precision, seconds, log_root):
+    """TTFT/TPOT under LoadGen's Server (llama3.1-8b bounds) through the suite's transformers backend."""
+    from aifactory.benchmarks.backends.transformers import TransformersBackend
+    from aifactory.benchmarks.config import BackendConfig, GenerationConfig, ScenarioConfig
+    from aifactory.benchmarks.layout import SERVER, Metrics
+    from aifactory.benchmarks.scenarios.generation import TokenScenarioRunner
+    from aifactory.benchmarks.text.data import TokenizedPrompts, _object_array
+    from aifactory.benchmarks.text.hf import TextModel
+
+    class InMemory(TextModel):
+        def load_module(self, precision, device, where):
+            return model
+
+    text = InMemory(name="llama-8b-shape", source="config", path=None, task="text-generation",
+                    config=model.config.to_dict(), tokenizer_path=None)
+    text.__dict__["tokenizer"] = _Tokenizer()
+    backend = TransformersBackend(BackendConfig(kind="transformers", device=device, precision=precision), text,
+                                  "backends[0]")
+    gpu = device == "cuda"
+    budget = 64 if gpu else 8  # the CPU proof run: seconds, not minutes
+    generation = GenerationConfig(max_new_tokens=budget, ignore_eos=True, max_batch_size=8)
+    backend.configure_generation(generation)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(64, 256, 64) if gpu else rng.integers(8, 32, 16)
+    prompts = TokenizedPrompts(_object_array([rng.integers(3, model.config.vocab_size, int(n)) for n in lengths]),
+                               [budget] * len(lengths))
+    cfg = ScenarioConfig(min_duration_s=seconds, slo_preset="llama3.1-8b", min_query_count=32 if gpu else 8,
+                         server_search=gpu, server_target_qps=None if gpu else 4.0)
+    run = TokenScenarioRunner(backend, prompts, cfg, generation, log_root).run(SERVER)
+    keep = (Metrics.TTFT_P50, Metrics.TTFT_P99, Metrics.TPOT_P50, Metrics.TPOT_P99, Metrics.OUTPUT_TOKENS_PER_S,
+            Metrics.SERVER_MAX_VALID_QPS, Metrics.GOODPUT, Metrics.ENERGY_PER_OUTPUT_TOKEN, Metrics.PEAK_GPU_MEM,
+            Metrics.KV_CACHE_PEAK)
+    return {**{k: run.metrics.get(k) for k in keep}, "result_valid": run.validity, **run.tags}
+
+
+def llm_decode(torch, tokens, seconds, log_root):
+    gpu = torch.cuda.is_available()
+    device, shape, dtype = ("cuda", LLAMA_8B, torch.bfloat16) if gpu else ("cpu", TINY, torch.float32)
+    bandwidth = copy_bandwidth_gbs(torch, device, 4.0 if gpu else 0.25)
+    model = llm_model(torch, shape, device, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = params * (2 if gpu else 4)
+    config = model.config
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (
+        config.hidden_size // config.num_attention_heads) * (2 if gpu else 4)
+    prompt = 128 if gpu else 16
+    bytes_per_token = weight_bytes + kv_per_token * (prompt + tokens / 2)  # weights + the average KV cache read
+    rate = decode_tokens_per_s(torch, model, tokens, device)
+    roofline = bandwidth * 1e9 / bytes_per_token
+    return {"device": device if gpu else "cpu (proof run: tiny Llama config, fp32)",
+            "model": "Llama-3.1-8B shape, random weights, bf16" if gpu else "tiny Llama config",
+            "parameters": params, "weight_gb": weight_bytes / 1e9, "copy_bandwidth_gbs": bandwidth,
+            "decode_tokens_per_s_batch1": rate, "roofline_tokens_per_s": roofline, "fraction_of_roofline": rate / roofline,
+            "server": llm_server(torch, model, device, "bf16" if gpu else "fp32", seconds, log_root)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--width", type=int, default=16384)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--llm-only", action="store_true", help="only part 4 (LLM decode)")
+    parser.add_argument("--llm-tokens", type=int, default=128)
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        print(json.dumps({"metric": "gpu_benchmarks", "skipped": True,
-                          "reason": "no CUDA device visible (torch.cuda.is_available() is False)"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        llm = llm_decode(torch, args.llm_tokens if torch.cuda.is_available() else 16,
+                         args.seconds if torch.cuda.is_available() else 0.5, f"{tmp}/llm")
+    if args.llm_only or not torch.cuda.is_available():
+        out = {"metric": "gpu_benchmarks", "llm_decode": llm}
+        if not torch.cuda.is_available():
+            out.update(skipped=True, reason="no CUDA device visible (torch.cuda.is_available() is False); "
+                                            "llm_decode ran on the CPU with a tiny config to prove the script")
+        print(json.dumps(out, indent=2, default=float))
         return
     from aifactory.benchmarks.fingerprint import collect
 
@@ -106,7 +244,8 @@ def main():
                     offline.metrics.get("energy_j_per_inference"), "peak_gpu_mem_mb": offline.metrics.get("peak_gpu_mem_mb")},
         "single_stream_digits_mlp_bf16": {"p50_us_eager": plain_us, "p50_us_cuda_graphs": graphs_us,
                                           "speedup": plain_us / graphs_us, "valid": [plain.validity, graphs.validity]},
-    }, indent=2))
+        "llm_decode": llm,
+    }, indent=2, default=float))
 
 
 if __name__ == "__main__":

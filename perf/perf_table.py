@@ -122,10 +122,18 @@ def bench_quick_profile(r):
                 num(r["ratio_cold_to_budget"], 2), met(r["meets_budget"], f"cold <= {r['budget_s']:g} s"))]
 
 
+def _llm_decode_row(llm):
+    return row(f"LLM decode batch 1, {llm['model']} ({llm['device']})",
+               f"{num(llm['decode_tokens_per_s_batch1'], 1)} tokens/s",
+               f"roofline {num(llm['roofline_tokens_per_s'], 0)} tokens/s (copy {num(llm['copy_bandwidth_gbs'], 0)} GB/s "
+               f"/ {num(llm['weight_gb'], 2)} GB per token)", num(llm["fraction_of_roofline"], 3))
+
+
 def bench_gpu(r):
     if r.get("skipped"):
-        return [row("GPU: Offline throughput vs bf16 matmul peak; CUDA graphs", "no GPU on this machine",
+        rows = [row("GPU: Offline throughput vs bf16 matmul peak; CUDA graphs", "no GPU on this machine",
                     target="not measured")]
+        return rows + ([_llm_decode_row(r["llm_decode"])] if r.get("llm_decode") else [])
     offline, single = r["offline"], r["single_stream_digits_mlp_bf16"]
     return [
         row(f"GPU Offline throughput, {offline['model']} ({', '.join(r['gpu'])})", num(offline["achieved_tflops"], 0, "TFLOP/s"),
@@ -133,7 +141,27 @@ def bench_gpu(r):
             met(offline["fraction_of_matmul_peak"] >= offline["target"], f">= {offline['target']:g} of peak")),
         row("GPU SingleStream p50, digits MLP bf16, CUDA graphs", num(single["p50_us_cuda_graphs"], 1, "µs"),
             f"eager {num(single['p50_us_eager'], 1)} µs", num(single["p50_us_cuda_graphs"] / single["p50_us_eager"], 2)),
+        *([_llm_decode_row(r["llm_decode"])] if r.get("llm_decode") else []),
     ]
+
+
+def genai_overhead(r):
+    return [
+        row(f"LLM harness: TPOT p50, reference LM SingleStream, {r['tokens_per_query']} tokens/query (streamer -> LoadGen)",
+            f"suite {num(r['suite_tpot_ms'], 3)} ms (cost {r['harness_cost_per_token_us']:+.0f} µs/token)",
+            f"generate() bare {num(r['bare_tpot_ms'], 3)} ms", num(r["tpot_ratio"], 3),
+            met(abs(r["tpot_ratio"] - 1) <= 0.03 and r["harness_cost_fraction_of_tpot"] <= 0.02,
+                "1 ± 0.03, cost <= 2 % of TPOT")),
+        row("LLM harness: TTFT p50, same runs", f"suite {num(r['suite_ttft_ms'], 3)} ms",
+            f"generate() bare {num(r['bare_ttft_ms'], 3)} ms", num(r["ttft_ratio"], 3),
+            met(abs(r["ttft_ratio"] - 1) <= 0.03, "1 ± 0.03")),
+    ]
+
+
+def genai_quick_profile(r):
+    return [row("quick profile of the reference LM (accuracy + SingleStream/Server/Offline), transformers CPU",
+                f"cold {num(r['cold_wall_s'], 1)} s, warm {num(r['warm_wall_s'], 1)} s", f"budget {r['budget_s']:g} s",
+                num(r["ratio_cold_to_budget"], 2), met(r["meets_budget"], f"cold <= {r['budget_s']:g} s"))]
 
 
 def compare_runs(r):
@@ -161,7 +189,8 @@ EXTRACTORS = {
     "platform": platform, "login_scale": login_scale, "spawner": spawner, "bench_overhead": bench_overhead,
     "bench_outputs": bench_outputs,
     "bench_fidelity": bench_fidelity, "bench_quick_profile": bench_quick_profile, "bench_gpu": bench_gpu,
-    "compare_runs": compare_runs, "workshop_start": workshop_start,
+    "compare_runs": compare_runs, "workshop_start": workshop_start, "genai_overhead": genai_overhead,
+    "genai_quick_profile": genai_quick_profile,
 }
 
 

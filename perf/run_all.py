@@ -54,6 +54,9 @@ MEASUREMENTS = [
     Measurement("bench_fidelity", "bench_fidelity.py", ("--seconds", "0.02", "--rounds", "61"), 100, 300),
     Measurement("bench_quick_profile", "bench_quick_profile.py", ("--repeat", "2"), 30, 150),
     Measurement("bench_gpu", "bench_gpu.py", (), 15, 300),
+    # issue 18: the streamer -> LoadGen path vs generate() timed bare; the tiny LM's quick profile
+    Measurement("genai_overhead", "bench_genai_overhead.py", ("--rounds", "10"), 40, 180),
+    Measurement("genai_quick_profile", "bench_genai_quick_profile.py", ("--repeat", "2"), 60, 240),
     # issue 9: "`aif compare` over 200 runs": 50 benchmarks are 200 MLflow runs (parent + 3 children each)
     Measurement("compare_runs", "compare_runs.py", ("--benchmarks", "50", "--repeat", "3"), 45, 240),
     Measurement("workshop_start", "workshop_start.py", (), 150, 300),  # the integrator's; run when present

@@ -96,3 +96,36 @@ def test_sbatch_refusal_is_reported(cluster, tmp_path, monkeypatch):
     assert cli.exit_code != 0
     assert "sbatch refused the job" in cli.output
     assert not mini.run(["squeue", "-h"], check=False).stdout.strip()  # nothing orphaned
+
+
+def test_a_language_model_sweep_runs_on_slurm_with_token_metrics(cluster, mlflow_server, reference_lm, monkeypatch):
+    """`aif bench submit` of the reference LM: a job array over max_new_tokens, token metrics in MLflow."""
+    from aifactory.benchmarks.testing import tiny_lm_config
+
+    mini, state = cluster
+    results = state / "lm-results"
+    config = tiny_lm_config(results, data={"limit": 8}, scenario={"scenarios": ["SingleStream", "Offline"]},
+                            mlflow={"enabled": True, "tracking_uri": mlflow_server, "experiment": "genai-slurm"})
+    (state / "lm.yaml").write_text(yaml.safe_dump(config))
+    for key, value in mini.env().items():
+        monkeypatch.setenv(key, value)
+    cli = CliRunner().invoke(main, ["bench", "submit", str(state / "lm.yaml"), "--partition", "gpu", "--gpus", "1",
+                                    "--time", "00:10:00", "--sweep", "generation.max_new_tokens=4,8"])
+    assert cli.exit_code == 0, cli.output
+    job_id = cli.output.split("submitted job ")[1].split()[0]
+    _wait_gone(mini, job_id)
+    logs = {p.name: p.read_text()[-3000:] for p in next((results / "jobs").iterdir()).glob("slurm-*.out")}
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("genai-slurm")
+    assert experiment is not None, logs
+    parents = client.search_runs([experiment.experiment_id], "tags.`aif.kind` = 'benchmark'")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}, logs
+    assert {p.data.tags["aif.task"] for p in parents} == {"text-generation"}
+    budgets = set()
+    for parent in parents:
+        children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        single = next(c for c in children if c.data.tags["aif.scenario"] == "SingleStream")
+        assert single.data.metrics["ttft_p50_ms"] > 0 and single.data.metrics["output_tokens_max"] <= 8
+        budgets.add(single.data.params["generation.max_new_tokens"])
+        assert parent.data.tags["aif.slurm.array_job_id"] == job_id
+    assert budgets == {"4", "8"}

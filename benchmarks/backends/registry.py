@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 BACKENDS = {
     "torch": "pytorch:TorchBackend",
     "onnxruntime": "onnxruntime:OnnxRuntimeBackend",
+    "transformers": "transformers:TransformersBackend",
     "null": "null:NullBackend",
 }
 #: other spellings of a kind in the `kind:rest` shorthand
-ALIASES = {"ort": "onnxruntime"}
+ALIASES = {"ort": "onnxruntime", "hf": "transformers"}
+#: the class a kind uses for a Hugging Face (text) model, where it differs from BACKENDS
+TEXT_BACKENDS = {"onnxruntime": "onnx_text:OnnxTextBackend", "torch": "transformers:TransformersBackend"}
 
 
 def backend_class(kind: str) -> type[Backend]:
@@ -50,4 +53,7 @@ def preflight(cfg: BackendConfig, model_kind: str, where: str):
 
 
 def create_backend(cfg: BackendConfig, model: LoadedModel, where: str) -> Backend:
+    if getattr(model, "is_text", False) and cfg.kind in TEXT_BACKENDS:
+        module_name, cls_name = TEXT_BACKENDS[cfg.kind].split(":")
+        return getattr(importlib.import_module(f"{__package__}.{module_name}"), cls_name)(cfg, model, where)
     return backend_class(cfg.kind)(cfg, model, where)

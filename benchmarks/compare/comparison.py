@@ -21,7 +21,9 @@ from ..layout import OFFLINE, SCENARIOS, SERVER, Artifacts, Metrics, Tags
 from .artifacts import ArtifactCache
 
 PERCENTILES = ("p90", "p99")
-QUALITY_METRICS = (Metrics.ACCURACY, Metrics.R2)  # higher is better; the first one present sorts
+TOKEN_KINDS = ("ttft", "tpot")  # token latencies, as `<scenario>.ttft_p99_ms` columns
+QUALITY_METRICS = (Metrics.ACCURACY, Metrics.R2, Metrics.EXACT_MATCH, Metrics.ROUGE_L)  # higher is better; first sorts
+ACCURACY_METRICS = Metrics.CLASSIFICATION + Metrics.REGRESSION + Metrics.GENERATION
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Entry:
     def accuracy_metrics(self) -> dict:
         """Accuracy metrics: from the Accuracy child, else those copied onto the parent."""
         for run in (self.accuracy_run, self.parent):
-            if run is not None and any(m in run.data.metrics for m in Metrics.CLASSIFICATION + Metrics.REGRESSION):
+            if run is not None and any(m in run.data.metrics for m in ACCURACY_METRICS):
                 return run.data.metrics
         return {}
 
@@ -80,18 +82,21 @@ class Entry:
             "task": self.tag(Tags.TASK, ""), "run_id": self.run_id,
             "experiment_id": self.parent.info.experiment_id,
         }
-        for name in (Metrics.ACCURACY, *Metrics.REGRESSION):
+        for name in (Metrics.ACCURACY, *Metrics.REGRESSION, *Metrics.GENERATION):
             if name in acc:
                 row[name] = acc[name]
                 row[Metrics.ci_low(name)] = acc.get(Metrics.ci_low(name), float("nan"))
                 row[Metrics.ci_high(name)] = acc.get(Metrics.ci_high(name), float("nan"))
-        for name in (Metrics.F1_MACRO, Metrics.AGREEMENT_TOP1, Metrics.AGREEMENT_MAX_ABS_DIFF):
+        for name in (Metrics.F1_MACRO, Metrics.AGREEMENT_TOP1, Metrics.AGREEMENT_TOKENS, Metrics.AGREEMENT_MAX_ABS_DIFF):
             if name in acc:
                 row[name] = acc[name]
         for scenario, run in self.scenario_runs.items():
             for p in PERCENTILES:
                 if Metrics.latency(p) in run.data.metrics:
                     row[f"{scenario}.{p}_ms"] = run.data.metrics[Metrics.latency(p)]
+                for kind in TOKEN_KINDS:
+                    if Metrics.token_latency(kind, p) in run.data.metrics:
+                        row[f"{scenario}.{kind}_{p}_ms"] = run.data.metrics[Metrics.token_latency(kind, p)]
         row.update(self._aggregates())
         return row
 
@@ -107,6 +112,9 @@ class Entry:
             Metrics.THROUGHPUT: from_scenarios(Metrics.THROUGHPUT),
             Metrics.SERVER_MAX_VALID_QPS: from_scenarios(Metrics.SERVER_MAX_VALID_QPS, prefer=SERVER),
             Metrics.ENERGY_PER_INFERENCE: from_scenarios(Metrics.ENERGY_PER_INFERENCE, reduce=min),
+            Metrics.OUTPUT_TOKENS_PER_S: from_scenarios(Metrics.OUTPUT_TOKENS_PER_S),
+            Metrics.GOODPUT: from_scenarios(Metrics.GOODPUT, prefer=SERVER),
+            Metrics.ENERGY_PER_OUTPUT_TOKEN: from_scenarios(Metrics.ENERGY_PER_OUTPUT_TOKEN, reduce=min),
             Metrics.PEAK_HOST_MEM: from_scenarios(Metrics.PEAK_HOST_MEM, prefer=None),
             Metrics.PEAK_GPU_MEM: from_scenarios(Metrics.PEAK_GPU_MEM, prefer=None),
         }
@@ -115,8 +123,9 @@ class Entry:
 
 IDENTITY_COLUMNS = ["label", "model", "backend", "precision", "hardware", "dataset", "task", "run_id",
                     "experiment_id"]
-QUALITY_PREFIXES = (Metrics.ACCURACY, *Metrics.REGRESSION, Metrics.F1_MACRO, "agreement")
-LOWER_IS_BETTER = ("_ms", "_mb", "j_per_inference", Metrics.MAE, Metrics.RMSE)  # column suffixes
+QUALITY_PREFIXES = (Metrics.ACCURACY, *Metrics.REGRESSION, *Metrics.GENERATION, Metrics.F1_MACRO, "agreement")
+LOWER_IS_BETTER = ("_ms", "_mb", "j_per_inference", "j_per_output_token", Metrics.MAE, Metrics.RMSE,
+                   Metrics.PERPLEXITY)  # column suffixes
 
 
 def _ordered_columns(columns) -> list:
@@ -203,13 +212,18 @@ class Comparison:
     def default_sort(self) -> str:
         return self.quality_metric
 
-    def latency_column(self, percentile: str = "p99") -> str | None:
-        """The latency used for fronts: the first scenario (MLPerf order) that has it."""
+    def latency_column(self, percentile: str = "p99", kind: str | None = None) -> str | None:
+        """The latency used for fronts: the first scenario (MLPerf order) that has it; `kind` ttft or
+        tpot names a token latency instead of the end-to-end one."""
         for scenario in self.scenarios:
-            column = f"{scenario}.{percentile}_ms"
-            if column in self._frame:
+            column = f"{scenario}.{kind}_{percentile}_ms" if kind else f"{scenario}.{percentile}_ms"
+            if column in self._frame and self._frame[column].notna().any():
                 return column
         return None
+
+    def cost_column(self) -> str | None:
+        """The default front's x: TPOT for generative models (the latency users feel per token), else latency."""
+        return self.latency_column(kind="tpot") or self.latency_column()
 
     def to_frame(self, sort_by: str | None = None, ascending: bool | None = None) -> pd.DataFrame:
         """The leaderboard: one row per entry, grouped by hardware, sorted within each group."""
@@ -246,7 +260,7 @@ class Comparison:
         from .pareto import pareto_front
 
         frame = self.to_frame()
-        x = x or self.latency_column()
+        x = x or self.cost_column()
         y = y or self.quality_metric
         if frame.empty or x is None:
             frame["pareto"] = False
@@ -263,6 +277,9 @@ class Comparison:
         """(x, y) pairs worth plotting: latency-accuracy, and energy-accuracy when energy is present."""
         y = self.quality_metric
         pairs = []
+        for kind in ("tpot", "ttft"):  # token latencies first: the fronts LLM users read
+            if self.latency_column(kind=kind):
+                pairs.append((self.latency_column(kind=kind), y))
         if self.latency_column():
             pairs.append((self.latency_column(), y))
         energy = Metrics.ENERGY_PER_INFERENCE
@@ -274,7 +291,7 @@ class Comparison:
         """Pareto front as PNG (path ends in .png) or interactive self-contained HTML."""
         from .pareto import write_plot
 
-        x = x or self.latency_column()
+        x = x or self.cost_column()
         y = y or self.quality_metric
         write_plot(self.pareto(x, y), x, y, path)
         return path

@@ -12,12 +12,14 @@ import pandas as pd
 from ..layout import Metrics
 
 TEXT_COLUMNS = {"label", "model", "backend", "precision", "hardware", "dataset", "task", "run_id"}
-SUMMARY_METRICS = [Metrics.THROUGHPUT, Metrics.ENERGY_PER_INFERENCE, Metrics.PEAK_HOST_MEM, Metrics.PEAK_GPU_MEM]
+SUMMARY_METRICS = [Metrics.THROUGHPUT, Metrics.OUTPUT_TOKENS_PER_S, Metrics.GOODPUT, Metrics.ENERGY_PER_INFERENCE,
+                   Metrics.ENERGY_PER_OUTPUT_TOKEN, Metrics.PEAK_HOST_MEM, Metrics.PEAK_GPU_MEM]
 
 
 def display_columns(frame: pd.DataFrame, quality: str) -> list:
     """Columns worth showing in a terminal or summary table (the CSV keeps them all)."""
     keep = ["model", "backend", "precision", quality]
+    keep += [m for m in (Metrics.PERPLEXITY,) if m != quality]
     keep += [c for c in frame.columns if c.endswith(("p90_ms", "p99_ms"))]
     keep += [*SUMMARY_METRICS, "run_id"]
     return [c for c in keep if c in frame.columns and (c in TEXT_COLUMNS or frame[c].notna().any())]

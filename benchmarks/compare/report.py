@@ -12,14 +12,15 @@ import os
 import re
 import tempfile
 
-from ..layout import KIND_COMPARISON, SCENARIOS, Artifacts, Metrics, Tags
+from ..layout import (CLASSIFICATION, KIND_COMPARISON, LM_EVAL_PREFIX, SCENARIOS, TEXT_CLASSIFICATION, Artifacts,
+                      Metrics, Tags)
 from . import pages
 from .comparison import Comparison, Entry, Issue
 from .display import leaderboard_groups
 from .plots import confusion_plot, latency_plot, pareto_png, robustness_plot
 from .slo import evaluate_slo, readiness
 
-ACCURACY_ROWS = (*Metrics.CLASSIFICATION, *Metrics.REGRESSION)
+ACCURACY_ROWS = (*Metrics.CLASSIFICATION, *Metrics.REGRESSION, *Metrics.GENERATION, Metrics.AGREEMENT_TOKENS)
 
 
 # ------------------------------------------------------------------ sections
@@ -45,6 +46,8 @@ def accuracy_section(cmp: Comparison, entry: Entry, notes: list):
         if name in metrics:
             rows.append({"metric": name, "value": metrics[name], "ci_low": metrics.get(Metrics.ci_low(name)),
                          "ci_high": metrics.get(Metrics.ci_high(name))})
+    for name in sorted(m for m in metrics if m.startswith(LM_EVAL_PREFIX) and not m.endswith("_stderr")):
+        rows.append({"metric": name, "value": metrics[name], "stderr": metrics.get(f"{name}_stderr")})
     section = {"metrics": rows, "per_class": [], "confusion_png": None}
     if not rows:
         notes.append("no accuracy metrics logged (no Accuracy child run)")
@@ -52,10 +55,12 @@ def accuracy_section(cmp: Comparison, entry: Entry, notes: list):
     if preds is None:
         notes.append(f"no {Artifacts.PREDICTIONS}: per-class metrics and confusion matrix not available")
         return section
+    if "correct" in preds:  # text generation: per-prompt exact match, no classes
+        return section
     if "y_true" not in preds:
         notes.append(f"{Artifacts.PREDICTIONS} has no y_true: per-class metrics and confusion matrix not available")
         return section
-    if entry.tag(Tags.TASK, "classification") == "classification":
+    if entry.tag(Tags.TASK, CLASSIFICATION) in (CLASSIFICATION, TEXT_CLASSIFICATION):
         from sklearn.metrics import classification_report
 
         report = classification_report(preds["y_true"], preds["y_pred"], output_dict=True, zero_division=0)
@@ -75,6 +80,8 @@ def latency_section(cmp: Comparison, entry: Entry, slo_results, notes: list):
         rows.append({
             "scenario": scenario, **{k: m.get(Metrics.latency(k)) for k in ("p50", "p90", "p99", "mean")},
             "throughput": m.get(Metrics.THROUGHPUT), "target_qps": m.get(Metrics.SERVER_TARGET_QPS),
+            "ttft_p99": m.get(Metrics.TTFT_P99), "tpot_p99": m.get(Metrics.TPOT_P99),
+            "tokens_per_s": m.get(Metrics.OUTPUT_TOKENS_PER_S), "goodput": m.get(Metrics.GOODPUT),
             "valid": run.data.tags.get(Tags.RESULT_VALID, ""),
             "slos": [r for r in slo_results if r.scenario == scenario],
         })
@@ -86,7 +93,8 @@ def latency_section(cmp: Comparison, entry: Entry, slo_results, notes: list):
     if not rows:
         notes.append("no scenario runs: no latency figures")
     plot = latency_plot(raw, f"{entry.label}: per-query latency") if raw else None
-    return {"rows": rows, "plot_png": plot}
+    tokens = any(r["ttft_p99"] is not None or r["tokens_per_s"] is not None for r in rows)
+    return {"rows": rows, "plot_png": plot, "tokens": tokens}
 
 
 def agreement_section(cmp: Comparison, entry: Entry):

@@ -15,9 +15,21 @@ from ..errors import SLOError
 from ..layout import ACCURACY, OFFLINE, SCENARIOS, SERVER, Metrics, Params, Tags
 
 SLO_SYNTAX = ("'<p50|p90|p95|p99|mean|max|throughput|accuracy> <op> <value> [unit] "
-              "[at <N> QPS | in <Scenario>]', e.g. 'p99 <= 15 ms at 200 QPS'")
+              "[at <N> QPS | in <Scenario>]', e.g. 'p99 <= 15 ms at 200 QPS'; token latencies with their kind "
+              "first, 'ttft p99 <= 2000 ms', 'tpot p99 <= 100 ms' (ttft, tpot, itl, e2el); text scores "
+              "'exact_match >= 20%', 'rouge_l >= 0.3', 'perplexity <= 300'; 'goodput >= 2 /s', 'tokens/s >= 100'")
+#: token latency kinds a target may name; e2el is the end-to-end latency (latency_*_ms)
+TOKEN_KINDS = ("ttft", "tpot", "itl", "e2el")
+#: score-like targets: the metric, its scenario (None: the scenarios that logged it), its unit kind
+SCORES = {"throughput": (Metrics.THROUGHPUT, None, "rate"), "accuracy": (Metrics.ACCURACY, ACCURACY, "fraction"),
+          Metrics.EXACT_MATCH: (Metrics.EXACT_MATCH, ACCURACY, "fraction"),
+          Metrics.ROUGE_L: (Metrics.ROUGE_L, ACCURACY, "fraction"), Metrics.PERPLEXITY: (Metrics.PERPLEXITY, ACCURACY, "number"),
+          "goodput": (Metrics.GOODPUT, SERVER, "rate"), "tokens/s": (Metrics.OUTPUT_TOKENS_PER_S, None, "rate"),
+          Metrics.OUTPUT_TOKENS_PER_S: (Metrics.OUTPUT_TOKENS_PER_S, None, "rate")}
 _SLO_RE = re.compile(
-    r"^\s*(?P<metric>p\d{1,2}(?:\.\d+)?|mean|max|throughput|accuracy)\s*(?P<op><=|>=|<|>)\s*"
+    r"^\s*(?:(?P<kind>ttft|tpot|itl|e2el)\s+)?"
+    r"(?P<metric>p\d{1,2}(?:\.\d+)?|mean|max|throughput|accuracy|exact_match|rouge_l|perplexity|goodput|"
+    r"output_tokens_per_s|tokens/s)\s*(?P<op><=|>=|<|>)\s*"
     r"(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|us|µs|s|%|qps|samples/s|/s)?"
     r"(?:\s+(?:at\s+(?P<qps>\d+(?:\.\d+)?)\s*qps|in\s+(?P<scenario>[A-Za-z]+)))?\s*$",
     re.IGNORECASE,
@@ -53,6 +65,7 @@ def parse_slo(text: str) -> SLO:
     if not match:
         raise SLOError(f"SLO {text!r}: expected {SLO_SYNTAX}")
     metric, op, unit = match["metric"].lower(), match["op"], (match["unit"] or "").lower() or None
+    kind = (match["kind"] or "").lower() or None
     value = float(match["value"])
     scenario = match["scenario"]
     if scenario:
@@ -60,15 +73,27 @@ def parse_slo(text: str) -> SLO:
         if canonical is None:
             raise SLOError(f"SLO {text!r}: unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
         scenario = canonical
-    if metric == "accuracy":
-        if unit not in (None, "%"):
-            raise SLOError(f"SLO {text!r}: accuracy takes a fraction or a percentage, not {unit!r}")
-        value = value / 100 if unit == "%" else value
-        name = Metrics.ACCURACY
-    elif metric == "throughput":
-        if unit not in (None, "qps", "samples/s", "/s"):
-            raise SLOError(f"SLO {text!r}: throughput is in samples/s (or QPS), not {unit!r}")
-        name = Metrics.THROUGHPUT
+    if kind and metric in SCORES:
+        raise SLOError(f"SLO {text!r}: {kind} takes a percentile (p50, p90, p99), mean or max, not {metric!r}")
+    if metric in SCORES:
+        name, home, unit_kind = SCORES[metric]
+        if unit_kind == "fraction":
+            if unit not in (None, "%"):
+                raise SLOError(f"SLO {text!r}: {metric} takes a fraction or a percentage, not {unit!r}")
+            value = value / 100 if unit == "%" else value
+        elif unit_kind == "rate" and unit not in (None, "qps", "samples/s", "/s"):
+            raise SLOError(f"SLO {text!r}: {metric} is a rate per second, not {unit!r}")
+        elif unit_kind == "number" and unit is not None:
+            raise SLOError(f"SLO {text!r}: {metric} takes a plain number, not {unit!r}")
+        scenario = scenario or (home if home != ACCURACY else None)  # accuracy-like: found by metric
+    elif kind in ("ttft", "tpot", "itl"):
+        if unit not in _LATENCY_UNITS:
+            raise SLOError(f"SLO {text!r}: latency takes ms, s or us, not {unit!r}")
+        value *= _LATENCY_UNITS[unit]
+        if metric not in ("mean", "p50", "p90", "p99") or (kind == "itl" and metric == "mean"):
+            raise SLOError(f"SLO {text!r}: {kind} {metric} is not logged; use p50, p90 or p99"
+                           + (" or mean" if kind != "itl" else ""))
+        name = Metrics.token_latency(kind, metric)
     else:
         if unit not in _LATENCY_UNITS:
             raise SLOError(f"SLO {text!r}: latency takes ms, s or us, not {unit!r}")
@@ -83,10 +108,15 @@ def parse_slo(text: str) -> SLO:
 
 
 def _slo_scenarios(slo: SLO, entry) -> list:
-    if slo.metric == Metrics.ACCURACY:
+    if slo.metric in (Metrics.ACCURACY, *Metrics.GENERATION):
         return [ACCURACY]
     if slo.scenario:
         return [slo.scenario]
+    if slo.metric not in (Metrics.THROUGHPUT, *(Metrics.latency(p) for p in ("p50", "p90", "p95", "p99", "mean",
+                                                                            "max"))):
+        logged = [s for s in SCENARIOS if s in entry.scenario_runs and slo.metric in entry.scenario_runs[s].data.metrics]
+        if logged:  # token figures: only where they exist (Offline has no TTFT)
+            return logged
     if slo.metric == Metrics.THROUGHPUT and OFFLINE in entry.scenario_runs:
         return [OFFLINE]
     return [s for s in SCENARIOS if s in entry.scenario_runs] or ["any scenario"]

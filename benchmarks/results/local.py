@@ -67,6 +67,20 @@ class LocalWriter:
         for name in (Artifacts.LOADGEN_SUMMARY, Artifacts.LOADGEN_DETAIL):
             shutil.copy2(run.log_dir / name, directory / Artifacts.LOADGEN_DIR / name)
         latency_histogram(run.latencies_s, f"{child.backend} {child.scenario}", directory / Artifacts.LATENCY_HISTOGRAM)
+        if getattr(run, "token_records", None):  # token scenarios: per-query TTFT, TPOT, tokens, gaps
+            np.savez(directory / Artifacts.TOKEN_LATENCIES, **run.token_records)
+        child.artifacts = self._relative(directory)
+
+    def write_files(self, child: ChildResult, files: dict):
+        """A child's artifacts by name: dicts of arrays (.npz), text, or bytes."""
+        directory = self.child_dir(child)
+        for name, content in files.items():
+            if isinstance(content, dict):
+                np.savez(directory / name, **content)
+            elif isinstance(content, bytes):
+                (directory / name).write_bytes(content)
+            else:
+                (directory / name).write_text(content, encoding="utf-8")
         child.artifacts = self._relative(directory)
 
     def write_accuracy(self, child: ChildResult, scores, y_pred, y_true, robustness=None):

@@ -83,3 +83,41 @@ def offline_probe(batch_size, batch_s, probe_ms):
 def server(profile, qps, latency_ns, duration_ms):
     return {**duration_settings(profile, SERVER, duration_ms), "server_target_qps": float(qps),
             "server_target_latency_ns": latency_ns}
+
+
+# -- token latencies (text-generation) --------------------------------------------------------------
+#: MLPerf Inference's Server constraints for LLMs, (TTFT ms, TPOT ms) at p99, as LoadGen's built-in
+#: mlperf.conf sets them (tests/test_genai_scenarios.py reads them back from LoadGen itself, in a
+#: fresh process each: TestSettings.FromConfig applies mlperf.conf only on its first call in a
+#: process, which is why the suite never relies on FromConfig and sets every field itself).
+SLO_PRESETS = {
+    "llama2-70b": (2000.0, 200.0),
+    "llama2-70b-interactive": (450.0, 40.0),
+    "llama3.1-8b": (2000.0, 100.0),
+    "llama3.1-8b-interactive": (500.0, 30.0),
+    "llama3.1-405b": (6000.0, 175.0),
+    "mixtral-8x7b": (2000.0, 200.0),
+}
+#: the model name mlperf.conf uses for each preset
+LOADGEN_MODEL_NAMES = {"llama3.1-8b": "llama3_1-8b", "llama3.1-8b-interactive": "llama3_1-8b-interactive",
+                       "llama3.1-405b": "llama3_1-405b"}
+
+
+def token_bounds(cfg):
+    """(TTFT ms, TPOT ms) the Server scenario is held to: the preset, overridden field by field; None
+    where neither sets one."""
+    ttft, tpot = SLO_PRESETS.get(cfg.slo_preset, (None, None)) if cfg.slo_preset else (None, None)
+    return (cfg.ttft_ms if cfg.ttft_ms is not None else ttft), (cfg.tpot_ms if cfg.tpot_ms is not None else tpot)
+
+
+def with_token_latencies(settings, ttft_ms=None, tpot_ms=None):
+    """A scenario's settings with LoadGen's token latencies on. In Server, LoadGen then judges TTFT and
+    TPOT at p99 ("performance constraints satisfied"); the end-to-end bound is switched off (0), as
+    MLPerf's LLM benchmarks do, so only the token bounds decide."""
+    out = {**settings, "use_token_latencies": True}
+    if "server_target_qps" in settings:
+        out["server_target_latency_ns"] = 0
+        # LoadGen needs both bounds set in Server; a missing one is not a constraint (an hour)
+        out["ttft_latency"] = int((ttft_ms if ttft_ms is not None else 3_600_000) * 1e6)
+        out["tpot_latency"] = int((tpot_ms if tpot_ms is not None else 3_600_000) * 1e6)
+    return out
