@@ -82,6 +82,7 @@ class TextModel:
     input_dtype: str | None = None
     is_torch: bool = True
     is_text: bool = True
+    output: None = None  # no scored tensor output: text/run.py reads tokens, logits and embeddings itself
     notes: list = field(default_factory=list)
 
     # -- what the config says, without loading anything --------------------------------------
