@@ -5,7 +5,7 @@ benchmark leaves no run RUNNING."""
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from platform_fixtures import unique_user
+from aifactory.hub.testing.platform import unique_user
 
 from aifactory.benchmarks import run
 from aifactory.benchmarks.errors import ConfigError
