@@ -86,12 +86,7 @@ def tiny_config(results_dir, **sections):
         "mlflow": {"enabled": False},
         "results_dir": str(results_dir),
     }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
+    return _with_sections(config, sections)
 
 
 @dataclass
@@ -292,6 +287,11 @@ def tiny_lm_config(results_dir, model=None, **sections):
         "mlflow": {"enabled": False},
         "results_dir": str(results_dir),
     }
+    return _with_sections(config, sections)
+
+
+def _with_sections(config, sections):
+    """`config` with each section merged over its own (a dict) or replacing it (anything else)."""
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

@@ -19,6 +19,26 @@ import numpy as np
 MIN_SCENARIO_TOKENS = 2
 
 
+class KVCacheAccount:
+    """The KV cache a generative backend's static batches held at their largest (kv_cache_peak_mb).
+
+    Set `kv_bytes_per_token` from the model's config; call `note_kv(rows, tokens_per_row)` per batch."""
+
+    kv_bytes_per_token = 0
+    peak_kv_tokens = 0
+
+    def note_kv(self, rows, tokens_per_row):
+        self.peak_kv_tokens = max(self.peak_kv_tokens, rows * tokens_per_row)
+
+    def kv_cache_peak_mb(self):
+        if not self.kv_bytes_per_token:
+            return None
+        return self.peak_kv_tokens * self.kv_bytes_per_token / 2**20
+
+    def reset_peak_kv(self):
+        self.peak_kv_tokens = 0
+
+
 class TokenStream:
     """Receives a batch's tokens as they are generated; this one records nothing (accuracy)."""
 

@@ -16,13 +16,13 @@ from ..errors import BackendError, ModelError
 from ..layout import TEXT_GENERATION
 from .base import Backend
 from .devices import cuda_index, resolve_device
-from .generation import RowTracker, TokenStream, eos_ids, left_pad, right_pad, sample_numpy
+from .generation import KVCacheAccount, RowTracker, TokenStream, eos_ids, left_pad, right_pad, sample_numpy
 from .onnxruntime import GPU_PROVIDERS, OnnxRuntimeBackend
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 
 
-class OnnxTextBackend(OnnxRuntimeBackend):
+class OnnxTextBackend(KVCacheAccount, OnnxRuntimeBackend):
     """Same kind, label and provider handling as the ONNX Runtime backend; text-model sessions."""
 
     def __init__(self, cfg, model, where):
@@ -55,7 +55,6 @@ class OnnxTextBackend(OnnxRuntimeBackend):
         self.generation = None
         self.min_new_tokens = 0  # the token scenarios ask for 2 (LoadGen's TPOT needs n_tokens > 1)
         self.kv_bytes_per_token = model.kv_cache_bytes_per_token("fp32")
-        self.peak_kv_tokens = 0
         if self.task == TEXT_GENERATION and not self.past_inputs:
             raise ModelError(f"{where}: {self.path} has no {PAST_PREFIX}* inputs: the decode loop needs a graph "
                              "with a KV cache (export with text/onnx_export.py)")
@@ -119,7 +118,7 @@ class OnnxTextBackend(OnnxRuntimeBackend):
                              min_tokens=self.min_new_tokens)
         budgets = tracker.budgets
         rng = np.random.default_rng(cfg.seed)
-        self.peak_kv_tokens = max(self.peak_kv_tokens, len(budgets) * (ids.shape[1] + max(budgets)))
+        self.note_kv(len(budgets), ids.shape[1] + max(budgets))
         past, x = self._empty_past(len(ids)), ids
         for step in range(max(budgets)):
             logits, past = self._forward(x, mask, past)
@@ -154,11 +153,3 @@ class OnnxTextBackend(OnnxRuntimeBackend):
         for size in batch_sizes:
             batch = staged[:size]
             self.generate(type(batch)(batch.ids, np.minimum(batch.max_new_tokens, 4), batch.token_type_ids))
-
-    def kv_cache_peak_mb(self):
-        if not self.kv_bytes_per_token:
-            return None
-        return self.peak_kv_tokens * self.kv_bytes_per_token / 2**20
-
-    def reset_peak_kv(self):
-        self.peak_kv_tokens = 0

@@ -18,7 +18,20 @@ from .devices import resolve_device
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-class TorchBackend(Backend):
+class TorchCudaMemory:
+    """Peak GPU memory from torch's allocator, for backends with `torch`, `device` and `is_cuda`."""
+
+    def reset_peak_gpu_memory(self):
+        if self.is_cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gpu_memory_mb(self):
+        if self.is_cuda:
+            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+        return None
+
+
+class TorchBackend(TorchCudaMemory, Backend):
     kind = "torch"
     shorthand = "torch[:eager|compile]"
 
@@ -167,15 +180,6 @@ class TorchBackend(Backend):
         if isinstance(out, dict):
             return out[self.output.name]
         return named_outputs(out)[self.output.index][1]
-
-    def reset_peak_gpu_memory(self):
-        if self.is_cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_gpu_memory_mb(self):
-        if self.is_cuda:
-            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
-        return None
 
     def close(self):
         self.torch.set_num_threads(self._saved_threads)

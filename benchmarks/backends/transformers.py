@@ -20,12 +20,13 @@ from ..errors import BackendError
 from ..layout import TEXT_GENERATION
 from .base import Backend
 from .devices import resolve_device
-from .generation import RowTracker, TokenStream, eos_ids, left_pad, right_pad
+from .generation import KVCacheAccount, RowTracker, TokenStream, eos_ids, left_pad, right_pad
+from .pytorch import TorchCudaMemory
 
 MODES = ("eager", "compile")
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(KVCacheAccount, TorchCudaMemory, Backend):
     kind = "transformers"
     shorthand = "transformers[:eager|compile]"
 
@@ -64,7 +65,6 @@ class TransformersBackend(Backend):
         self.generation = None  # GenerationConfig, set by configure_generation
         self.min_new_tokens = 0  # the token scenarios ask for 2 (LoadGen's TPOT needs n_tokens > 1)
         self.kv_bytes_per_token = model.kv_cache_bytes_per_token(cfg.precision)
-        self.peak_kv_tokens = 0
         self._compiled = cfg.mode == "compile"
         if self._compiled:
             self.module.forward = torch.compile(self.module.forward, dynamic=True)
@@ -140,7 +140,7 @@ class TransformersBackend(Backend):
             def __call__(self, input_ids, scores, **kwargs):
                 return (input_ids.shape[1] - prompt_len) >= limit
 
-        self.peak_kv_tokens = max(self.peak_kv_tokens, len(budgets) * (prompt_len + max(budgets)))
+        self.note_kv(len(budgets), prompt_len + max(budgets))
         kwargs = dict(max_new_tokens=max(budgets), do_sample=cfg.do_sample, pad_token_id=self.pad_id,
                       streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Budgets()]))
         if cfg.do_sample:
@@ -189,23 +189,6 @@ class TransformersBackend(Backend):
             short = type(batch)(batch.ids, np.minimum(batch.max_new_tokens, 4), batch.token_type_ids)
             for _ in range(min(iterations, 2)):
                 self.generate(short)
-
-    def kv_cache_peak_mb(self):
-        if not self.kv_bytes_per_token:
-            return None
-        return self.peak_kv_tokens * self.kv_bytes_per_token / 2**20
-
-    def reset_peak_kv(self):
-        self.peak_kv_tokens = 0
-
-    def reset_peak_gpu_memory(self):
-        if self.is_cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_gpu_memory_mb(self):
-        if self.is_cuda:
-            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
-        return None
 
     def close(self):
         self.torch.set_num_threads(self._saved_threads)
