@@ -56,13 +56,8 @@ def _latency_tests(cmp, base, other, percentile, alpha, n_resamples):
         except ValueError as err:
             cmp.note(other.label, f"{scenario}: {err}")
             continue
-        rows.append({
-            "baseline": base.label, "model": other.label, "test": f"latency p{percentile:g} {scenario}",
-            "baseline_value": result.a_ms, "value": result.b_ms, "difference": result.diff_ms,
-            "ci_low": result.ci_low_ms, "ci_high": result.ci_high_ms, "pvalue": result.mannwhitney_p,
-            "method": "bootstrap CI of percentile difference; Mann-Whitney U p",
-            "verdict": result.verdict, "regression": result.verdict == "slower",
-        })
+        rows.append(_latency_row(base, other, f"latency p{percentile:g} {scenario}", result,
+                                 "bootstrap CI of percentile difference; Mann-Whitney U p"))
     return rows
 
 
@@ -83,14 +78,19 @@ def _token_tests(cmp, base, other, percentile, alpha, n_resamples):
             if scenario == OFFLINE or min(x.size, y.size) < 2:
                 continue
             result = stats.compare_latency(x, y, percentile, alpha=alpha, n_resamples=n_resamples)
-            rows.append({
-                "baseline": base.label, "model": other.label, "test": f"{name} p{percentile:g} {scenario}",
-                "baseline_value": result.a_ms, "value": result.b_ms, "difference": result.diff_ms,
-                "ci_low": result.ci_low_ms, "ci_high": result.ci_high_ms, "pvalue": result.mannwhitney_p,
-                "method": "bootstrap CI of percentile difference; Mann-Whitney U p (per-query, SUT clock)",
-                "verdict": result.verdict, "regression": result.verdict == "slower",
-            })
+            rows.append(_latency_row(base, other, f"{name} p{percentile:g} {scenario}", result,
+                                     "bootstrap CI of percentile difference; Mann-Whitney U p (per-query, SUT clock)"))
     return rows
+
+
+def _latency_row(base, other, test, result, method):
+    """One significance row of a latency-like comparison (stats.compare_latency's result)."""
+    return {
+        "baseline": base.label, "model": other.label, "test": test,
+        "baseline_value": result.a_ms, "value": result.b_ms, "difference": result.diff_ms,
+        "ci_low": result.ci_low_ms, "ci_high": result.ci_high_ms, "pvalue": result.mannwhitney_p,
+        "method": method, "verdict": result.verdict, "regression": result.verdict == "slower",
+    }
 
 
 def _exact_match_test(base, other, pa, pb, alpha):

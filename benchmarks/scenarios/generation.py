@@ -30,6 +30,7 @@ from ..backends.generation import MIN_SCENARIO_TOKENS
 from ..errors import ScenarioError
 from ..layout import OFFLINE, SERVER, SINGLE_STREAM, TOKEN_PERCENTILES, Artifacts, Metrics, Tags
 from . import server_search
+from .runner import ScenarioRun
 from . import settings as loadgen_settings
 from .loadgen import (early_stopping_text, log_settings, read_detail_log, results_only, scenario_metrics,
                       test_settings)
@@ -306,22 +307,11 @@ def token_early_stopping(detail):
 
 
 @dataclass
-class TokenScenarioRun:
-    """One token scenario's outcome; the fields runner.py and the local writer read of any run."""
+class TokenScenarioRun(ScenarioRun):
+    """One token scenario's outcome: a ScenarioRun with the per-query token records."""
 
-    scenario: str
-    batch_size: int
-    settings: dict
-    loadgen: dict
-    metrics: dict
-    validity: str
-    early_stopping: str
-    latencies_s: np.ndarray
-    log_dir: Path
-    samples_completed: int
     tags: dict = field(default_factory=dict)
     token_records: dict = field(default_factory=dict)  # -> token_latencies.npz
-    search: list = field(default_factory=list)
 
 
 class TokenScenarioRunner:
