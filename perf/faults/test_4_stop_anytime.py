@@ -140,7 +140,7 @@ def stop_and_watch(launcher, sig):
 
 
 @pytest.mark.timeout(3600)
-def test_stopped_at_any_moment_leaves_nothing_running(cluster, tmp_path, fault_record):
+def test_stop_at_any_moment_leaves_nothing_running(cluster, tmp_path, fault_record):
     record = fault_record(
         "stop_at_any_moment",
         f"platform stopped at {len(MOMENTS)} moments of a cold start and of a hub restart (Ctrl-C, SIGTERM; "
