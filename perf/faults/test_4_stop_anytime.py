@@ -94,7 +94,9 @@ def cold_mlflow_server_starting(launcher):
 def restart_just_begun(launcher):
     launcher.up()
     launcher.restart()
-    time.sleep(0.3)
+    # the launcher checks for a restart request every second, then says so and stops the hub
+    launcher.wait("'Restarting the hub'", lambda: "Restarting the hub" in launcher.output())
+    time.sleep(0.1)
 
 
 def restart_services_starting(launcher):
