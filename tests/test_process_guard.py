@@ -4,6 +4,7 @@ start-up, the process record lets `aif up` refuse leftovers and `aif down` stop 
 Fast: real processes (the real MLflow service module, `aif up`/`aif down` as subprocesses), no
 platform start-up."""
 
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,27 @@ def test_record_stop_kills_a_group_that_ignores_sigterm(tmp_path):
     finally:
         if stubborn.poll() is None:
             os.killpg(stubborn.pid, signal.SIGKILL)
+
+
+def test_the_hub_starts_every_managed_service_guarded(tmp_path, monkeypatch):
+    """mlflow, the trainer page and the culler: run through common/guarded.py, told the hub's pid."""
+    from traitlets.config import Config
+
+    from aifactory.hub.platform import hubconfig
+
+    ml = {"service_port": 1, "server_port": 2, "backend_store_uri": "sqlite:///x", "auth_db_uri": "sqlite:///y",
+          "artifacts_destination": str(tmp_path), "workers": 1}
+    runtime = {"state_dir": str(tmp_path), "public_url": "http://127.0.0.1:1", "hub_port": 3, "proxy_api_port": 4,
+               "hub_db_url": "sqlite://", "admin_user": "admin", "admin_service_token": "t", "spawner": "slurm",
+               "workshop_service_port": 5, "mlflow": ml}
+    (tmp_path / "runtime.json").write_text(json.dumps(runtime))
+    monkeypatch.setenv(envvars.RUNTIME.name, str(tmp_path / "runtime.json"))
+    c = Config()
+    hubconfig.configure_hub(c)
+    managed = {s["name"]: s for s in c.JupyterHub.services if s.get("command")}
+    assert set(managed) == {"mlflow", "workshops", "idle-culler"}
+    for service in managed.values():
+        assert service["command"][:3] == [sys.executable, "-m", "aifactory.common.guarded"]
+        assert service["environment"][envvars.PARENT_PID.name] == str(os.getpid())
+        assert service["environment"][envvars.PROCESS_RECORD.name] == str(tmp_path / "run" / "processes.jsonl")
+    assert managed["mlflow"]["command"][3] == "aifactory.hub.tracking.service"
