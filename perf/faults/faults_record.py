@@ -47,6 +47,14 @@ What these scenarios found, fixed before the figures above were taken:
   restart (the hub restarts its managed service) and logs live; without retries it keeps the
   result locally and `aif bench upload` sends it, which now also marks the half-logged run
   FAILED instead of leaving it RUNNING forever (benchmarks/results/mlflow.py).
+- stopped in the middle of a hub restart (issue 22, seen once in a workshop create → end cycle):
+  the new hub was starting its managed services, and JupyterHub installs its signal handlers only
+  once they are all up, so SIGTERM ended it without its cleanup; the MLflow service, in its own
+  session, armed its death-of-parent guard only after its imports, so it and its MLflow server ran
+  on as orphans holding the database and the port. Every hub service now runs through
+  common/guarded.py (guard armed and parent checked before anything else), every process records
+  its group in <state>/run/processes.jsonl, the launcher stops what is left on every exit path,
+  and `aif up` refuses live leftovers naming their pids (`aif down` stops them).
 """
 
 
