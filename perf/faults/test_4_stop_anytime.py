@@ -148,7 +148,7 @@ def test_stop_at_any_moment_leaves_nothing_running(cluster, tmp_path, fault_reco
         f"platform stopped at {len(MOMENTS)} moments of a cold start and of a hub restart (Ctrl-C, SIGTERM; "
         "once `aif up` SIGKILLed), one state directory",
         f"nothing of the state directory running {AFTER_S} s after each stop; the next `aif up` on it starts",
-        order=7,
+        order=8,
     )
     state, port = tmp_path / "state", free_port()
     results = []
