@@ -80,7 +80,7 @@ class Launcher:
 # --- the moments: how to reach each one, then the signal that stops the platform ----------------------
 
 def cold_just_launched(launcher):
-    time.sleep(0.5)
+    launcher.wait("a recorded hub", launcher.recorded("hub"))  # proxy and hub just spawned
 
 
 def cold_services_starting(launcher):
@@ -113,7 +113,7 @@ def restart_just_healthy(launcher):
 
 
 MOMENTS = [
-    ("cold start: just launched (proxy, hub starting)", cold_just_launched, signal.SIGINT),
+    ("cold start: proxy and hub just spawned", cold_just_launched, signal.SIGINT),
     ("cold start: hub starting its managed services", cold_services_starting, signal.SIGTERM),
     ("cold start: MLflow server starting, not yet healthy", cold_mlflow_server_starting, signal.SIGINT),
     ("hub restart: right after it began", restart_just_begun, signal.SIGINT),
@@ -125,6 +125,7 @@ MOMENTS = [
 
 def stop_and_watch(launcher, sig):
     """Send `sig` to `aif up`; seconds until nothing of the state dir runs, and what ran at AFTER_S."""
+    running = len(processes_of_state(launcher.state))
     stopped = time.monotonic()
     launcher.proc.send_signal(sig)
     empty_after = None
@@ -138,7 +139,7 @@ def stop_and_watch(launcher, sig):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return empty_after if not left else None, left
+    return running, (empty_after if not left else None), left
 
 
 @pytest.mark.timeout(3600)
@@ -155,9 +156,10 @@ def test_stop_at_any_moment_leaves_nothing_running(cluster, tmp_path, fault_reco
     for n, (moment, reach, sig) in enumerate(MOMENTS):
         launcher = Launcher(state, port, cluster.slurm_conf, tmp_path / f"aif-up-{n}.log")
         reach(launcher)
-        empty_after, left = stop_and_watch(launcher, sig)
+        running, empty_after, left = stop_and_watch(launcher, sig)
         launcher.proc.wait(5)
-        results.append({"moment": moment, "signal": signal.Signals(sig).name, "nothing_left_after_s": empty_after,
+        results.append({"moment": moment, "signal": signal.Signals(sig).name, "running_at_stop": running,
+                        "nothing_left_after_s": empty_after,
                         "left_at_15s": left, "aif_up_exit": launcher.proc.returncode})
         record.figures["stops"] = results
     # one more start: after all of that, the state directory is not blocked and works
@@ -173,8 +175,9 @@ def test_stop_at_any_moment_leaves_nothing_running(cluster, tmp_path, fault_reco
     record.observed = (
         f"{len(clean)}/{len(results)} stops left nothing running at {AFTER_S} s"
         + (f" (nothing left after {min(times)}–{max(times)} s, median {statistics.median(times)} s)" if times else "")
-        + "; " + "; ".join(f"{r['moment']} ({r['signal']}): " + (
-            f"{r['nothing_left_after_s']} s" if not r["left_at_15s"] else f"LEFT {sorted(r['left_at_15s'].values())}")
+        + "; " + "; ".join(f"{r['moment']} ({r['signal']}, {r['running_at_stop']} processes): " + (
+            f"none left after {r['nothing_left_after_s']} s" if not r["left_at_15s"]
+            else f"LEFT {sorted(r['left_at_15s'].values())}")
             for r in results)
         + f"; the next `aif up` on the same state directory started every time (final health {started})"
     )
