@@ -44,6 +44,11 @@ RUNTIME = _var("AIF_RUNTIME", "Path of runtime.json: the ports and URLs `aif up`
                "platform")
 CHP = _var("AIF_CHP", "Path of the configurable-http-proxy executable to use instead of the project-local one.",
            "operator")
+PARENT_PID = _var("AIF_PARENT_PID", "Pid of the process that started a platform process (the hub, for its "
+                 "services): the process ends at once when that parent is already gone.", "platform")
+PROCESS_RECORD = _var("AIF_PROCESS_RECORD", "Path of <state_dir>/run/processes.jsonl (0600): every process the "
+                      "platform starts records its pid and process group there, so that `aif up` stops them all "
+                      "and refuses to start over leftovers.", "platform")
 MLFLOW_BRIDGE_SECRET = _var("AIF_MLFLOW_BRIDGE_SECRET", "Per-start secret the MLflow service presents to its "
                             "MLflow server, which refuses requests without it.", "platform")
 MLFLOW_BULK_INGEST = _var("AIF_MLFLOW_BULK_INGEST", "1 in the platform's MLflow server: a log-batch is inserted "

@@ -11,6 +11,7 @@ import click
 # command name -> "module:attribute" of a click command or group
 SUBCOMMANDS = {
     "up": "aifactory.hub.platform.cli:up",
+    "down": "aifactory.hub.platform.cli:down",
     "status": "aifactory.hub.platform.cli:status",
     "config": "aifactory.hub.platform.cli:config",
     "user": "aifactory.hub.platform.cli:user",

@@ -39,23 +39,37 @@ def up(state_dir, config_file, port, spawner, slurm_conf):
         platform.start()  # stops what it started if interrupted or failing
     except _Stopped as sig:
         raise click.ClickException(f"{sig} during start; everything started was stopped") from None
-    click.echo(
-        f"\nAI Factory Lab is up: {platform.url}/\n"
-        f"  MLflow:   {platform.mlflow_url}/\n"
-        f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
-        "Ctrl-C stops it."
-    )
     try:
+        click.echo(
+            f"\nAI Factory Lab is up: {platform.url}/\n"
+            f"  MLflow:   {platform.mlflow_url}/\n"
+            f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
+            "Ctrl-C stops it."
+        )
         while not stop.wait(1):
             if reload.is_set():
                 reload.clear()
                 _restart_hub(platform)
     except _Stopped:
         pass
-    click.echo("Stopping ...")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    platform.stop()
+    finally:  # also on an unexpected error: never leave the platform running without its launcher
+        stop.set()  # from here on, stop signals are ignored: nothing cuts the stop short
+        click.echo("Stopping ...")
+        platform.stop()
+
+
+@click.command()
+@state_dir_option()
+@config_option
+@cli_errors
+def down(state_dir, config_file):
+    """Stop the platform on a state directory, or what a previous run left running there."""
+    platform = Platform(state_dir, config_file=config_file)
+    stopped = platform.down()
+    if stopped:
+        click.echo(f"stopped {', '.join(map(str, stopped))} on {platform.state}")
+    else:
+        click.echo(f"nothing of the platform on {platform.state} was running")
 
 
 def _restart_hub(platform):
@@ -81,9 +95,13 @@ class _Stopped(BaseException):
 
 
 def _catch_stop_signals():
+    """Ctrl-C, SIGTERM or SIGHUP: the first unwinds start-up or the main loop (which then stop
+    everything); later ones are ignored, so a second Ctrl-C cannot cut the stop short."""
     stop = threading.Event()
 
     def handler(signum, _frame):
+        if stop.is_set():
+            return
         stop.set()
         raise _Stopped(signal.Signals(signum).name)
 
@@ -184,4 +202,4 @@ def user_remove(name, state_dir):
         raise click.ClickException(f"no user {name!r}")
 
 
-__all__ = ["up", "status", "config", "user"]
+__all__ = ["up", "down", "status", "config", "user"]

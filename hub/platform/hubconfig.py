@@ -15,6 +15,8 @@ from .config import ConfigError
 MLFLOW_SERVICE = "mlflow"
 WORKSHOP_SERVICE = "workshops"
 ADMIN_SERVICE = "aif-admin"
+#: the entry point that runs a service module with its guard armed first
+GUARDED = "aifactory.common.guarded"
 
 ADMIN_SERVICE_SCOPES = [
     "admin:users", "admin:servers", "admin:groups", "tokens", "list:users", "read:users",
@@ -47,6 +49,26 @@ def configure_hub(c):
 
         add_idle_culler(c)
         _workshops(c, rt, state)
+    _guard_managed_services(c, state)
+
+
+def _guard_managed_services(c, state):
+    """Every service the hub starts arms its death-of-parent guard first and records itself.
+
+    JupyterHub starts services in their own session and installs its signal handlers only once
+    they are all up: a hub stopped meanwhile dies without stopping them. So each service ends
+    with the hub by itself (common/guarded.py, checked against this hub's pid), and records its
+    process group for `aif up`, which stops what is left (common/procutil.py).
+    """
+    guard = {
+        envvars.PARENT_PID.name: str(os.getpid()),  # this file runs inside the hub process
+        envvars.PROCESS_RECORD.name: str(state / "run" / "processes.jsonl"),
+    }
+    for service in c.JupyterHub.services:
+        command = service.get("command") or []
+        if command[:2] == [sys.executable, "-m"] and command[2] != GUARDED:
+            service["command"] = [sys.executable, "-m", GUARDED, *command[2:]]
+            service["environment"] = {**service.get("environment", {}), **guard}
 
 
 def _network(c, rt):

@@ -20,7 +20,7 @@ from ...common import envvars
 from ...common.errors import AIFError
 from ...common.files import replace_private, secret_file, write_private
 from ...common.net import free_port, port_is_free
-from ...common.procutil import die_with_parent, stop_process_group
+from ...common.procutil import ProcessRecord, child_guard, stop_process_group
 from ..auth import UsersFile
 from . import hubconfig
 from .config import build_platform_config, make_platform_settings
@@ -194,14 +194,26 @@ class Platform:
 
     # --- processes -----------------------------------------------------------------------------
 
+    @property
+    def record(self):
+        """Every process of this state directory, services included (common/procutil.py)."""
+        return ProcessRecord(self.state / "run" / "processes.jsonl")
+
     def _check_not_running(self):
-        info = self.read_platform_file()
-        alive = [name for name, pid in (info.get("pids") or {}).items() if pid_alive(pid)]
-        if alive:
-            raise PlatformError(
-                f"the platform on {self.state} is already running (pids {info['pids']}): "
-                "stop it first (Ctrl-C in its terminal, or kill those processes)"
-            )
+        """Refuse to start over a running platform or leftovers of a previous run (they hold the
+        databases and ports); a record of processes that are all gone is just removed."""
+        live = self.record.live()
+        if not live:
+            self.record.forget_gone()
+            return
+        named = ", ".join(f"{pid} ({entry['name']})" for entry, pids in live for pid in pids)
+        launchers = [pids[0] for entry, pids in live if entry["name"] == "launcher"]
+        how = f"`aif down --state-dir {self.state}`"
+        if launchers:
+            raise PlatformError(f"the platform on {self.state} is already running (launcher pid {launchers[0]}; "
+                                f"processes {named}): stop it first (Ctrl-C in its terminal, or {how})")
+        raise PlatformError(f"processes of a previous run on {self.state} are still running: {named}; "
+                            f"stop them with {how} (or kill those pids), then start again")
 
     def _check_port(self):
         if not port_is_free(self.settings.port, self.settings.ip):
@@ -213,9 +225,10 @@ class Platform:
     def _spawn(self, name, cmd, env, cwd):
         log = open(self.state / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_guard())
         log.close()
         self.procs[name] = proc
+        self.record.add(name, proc.pid, proc.pid)
         return proc
 
     def _start_proxy(self, chp):
@@ -258,6 +271,7 @@ class Platform:
         self._ensure_admin_account()
         self._write_runtime(self._pick_ports())
         try:
+            self.record.add("launcher", os.getpid(), None)  # a live launcher: "already running"
             self._start_proxy(chp)
             self._start_hub()
             self._write_platform_file()
@@ -292,6 +306,8 @@ class Platform:
         """Stop only the hub (users' servers and the proxy keep running) and start it again;
         wait until `only` these components (default: all) are healthy."""
         self._stop_proc("hub")
+        # services the old hub did not stop (it stops them only once fully started) hold ports
+        self.record.stop(skip=("launcher", "proxy"))
         self._start_hub()
         self._write_platform_file()
         self.wait_healthy(timeout, only)
@@ -327,11 +343,34 @@ class Platform:
             self.stop_all_servers()
         for name in ("hub", "proxy"):
             self._stop_proc(name)
+        # the hub's services run in their own sessions, and a hub stopped while starting them
+        # dies without stopping them: stop every recorded group that is still there
+        self.record.stop(skip=("launcher",))
+        self.record.forget_gone(also=(os.getpid(),))
         self.procs.clear()
         self._platform_file().unlink(missing_ok=True)
 
     def _stop_proc(self, name, timeout=30):
         stop_process_group(self.procs.get(name), timeout)
+
+    def down(self, timeout=120):
+        """Stop the platform on this state directory from another process (`aif down`): ask a
+        live launcher to stop (SIGTERM, it cleans up as on Ctrl-C), then stop what is left.
+        Returns the pids that were still running."""
+        launchers = self._live_launchers()
+        for pid in launchers:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self._live_launchers():
+            if time.monotonic() > deadline:
+                raise PlatformError(f"the launcher (pid {launchers[0]}) did not stop within {timeout}s: kill it")
+            time.sleep(0.25)
+        stopped = self.record.stop()
+        self.record.forget_gone()
+        return sorted(set(launchers) | set(stopped))
+
+    def _live_launchers(self):
+        return [pids[0] for entry, pids in self.record.live() if entry["name"] == "launcher"]
 
     # --- the hub API -----------------------------------------------------------------------------
 

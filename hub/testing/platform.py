@@ -69,3 +69,27 @@ def start_server(platform, user, timeout=180):
 
 def mlflow_env(platform, token):
     return {**os.environ, "MLFLOW_TRACKING_URI": platform.mlflow_url, "MLFLOW_TRACKING_TOKEN": token}
+
+
+def processes_of_state(state_dir):
+    """{pid: command line} of live processes whose command line, working directory or environment
+    mentions the state directory: what a stopped platform must not leave behind."""
+    needle = str(state_dir).encode()
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue  # a zombie runs nothing
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if needle in cmdline or cwd.startswith(needle) or needle in environ:
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...common import envvars
 from ...common.files import secret_file
-from ...common.procutil import die_with_parent
+from ...common.procutil import ProcessRecord, child_guard
 from .auth_plugin import SERVICE_ADMIN
 
 AUTH_FUNCTION = "aifactory.hub.tracking.auth_plugin:authenticate_request"
@@ -71,7 +71,7 @@ def _init_stores(args, env):
     """Create or migrate both databases once, before several server workers race to do it."""
     result = subprocess.run(
         [sys.executable, "-c", _INIT_STORES, args.backend_store_uri, ARTIFACT_ROOT, args.auth_db_uri],
-        env=env, capture_output=True, text=True,
+        env=env, capture_output=True, text=True, preexec_fn=child_guard(),
     )
     if result.returncode != 0:
         raise SystemExit(f"MLflow store initialisation failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -116,8 +116,12 @@ def start_mlflow_server(args, port, secret):
         "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]
     log_file = open(state / "mlflow-server.log", "ab")
-    return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent)
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=child_guard())
+    record = ProcessRecord.from_env()
+    if record:  # its own session: the launcher stops its group if this service cannot
+        record.add("mlflow-server", proc.pid, proc.pid)
+    return proc
 
 
 async def wait_for_mlflow(client, url, proc, timeout=120):

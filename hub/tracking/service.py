@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from tornado.ioloop import IOLoop
 
-from ...common.procutil import die_with_parent, stop_process_group
+from ...common.procutil import stop_process_group
 from .backends import Backends
 from .handlers import make_app
 from .server import start_mlflow_server, store_dirs, wait_for_mlflow
@@ -47,8 +47,8 @@ def parse_args(argv):
 
 
 async def serve(args):
-    die_with_parent()  # a hub killed without cleanup must not leave this service (and MLflow) behind
-
+    # the hub runs this module through common/guarded.py, which armed the death-of-parent guard
+    # before this module's imports: armed here, it missed a hub that died during them
     secret = secrets.token_urlsafe(32)
     proc = start_mlflow_server(args, args.mlflow_port, secret)
     stop = asyncio.Event()

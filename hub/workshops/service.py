@@ -22,7 +22,6 @@ from tornado import web
 from tornado.ioloop import IOLoop
 
 from ...common.envvars import STATE_DIR
-from ...common.procutil import die_with_parent
 from .manager import WorkshopManager
 from .record import WorkshopError
 
@@ -177,5 +176,5 @@ async def serve():
 
 
 if __name__ == "__main__":
-    die_with_parent()  # the hub starts services in their own session: end with a hub killed without cleanup
+    # the hub runs this through common/guarded.py: the death-of-parent guard is armed already
     asyncio.run(serve())
