@@ -1,0 +1,165 @@
+"""`aif serve`: a real vLLM (CPU build) endpoint in a Slurm job, behind the hub's serve service.
+
+One endpoint serves the whole module (tests/serve_fixtures.py); the tests run in file order and
+the last one kills and stops it.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from aifactory.hub.cli import main
+from serve_fixtures import ENGINE_PYTHON
+
+OPENAI_STREAM = """
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The license"}],
+    max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True})
+pieces, usage = [], None
+for chunk in stream:
+    pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+    usage = chunk.usage or usage
+print(len(pieces), usage.completion_tokens, repr("".join(pieces)))
+"""
+
+
+def completion(url, token, **body):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = {"model": "tiny", "prompt": "The license", "max_tokens": 8, "temperature": 0, **body}
+    return httpx.post(f"{url}/completions", json=payload, headers=headers, timeout=120)
+
+
+# ---- bad input: refused before anything reaches Slurm (no cluster needed) --------------------------
+
+@pytest.fixture
+def serve_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIF_SERVE_DIR", str(tmp_path / "serve"))
+    monkeypatch.setenv("AIF_SERVE_ENGINE_PYTHON", "/usr/bin/python3")
+    monkeypatch.delenv("AIF_CONFIG_FILE", raising=False)
+    return tmp_path / "serve"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/model"], "is not a directory"),
+    (["{encoder}"], "is not a text-generation model"),
+    (["{tokenizer}"], "has no config.json"),
+    (["{lm}", "--name", "Bad_Name"], "endpoint name 'Bad_Name'"),
+    (["{lm}", "--profile", "cpu", "--hours", "99"], "hours: 99 is outside the allowed range 1..24"),
+    (["{lm}", "--profile", "gpu-1", "--gpus", "9"], "gpus: 9 is outside the allowed range 1..4"),
+    (["{lm}", "--profile", "nope"], "profile: 'nope' is not allowed"),
+    (["{lm}", "--engine", "tgi"], "--engine 'tgi': not an engine"),
+])
+def test_bad_start_requests_are_refused_with_nothing_submitted(serve_dir, reference_lm, args, message, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # an sbatch call would fail loudly with another message
+    args = [a.format(**{k: str(v) for k, v in reference_lm.items()}) for a in args]
+    result = CliRunner().invoke(main, ["serve", "start", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not list(serve_dir.rglob("endpoint.json"))
+
+
+def test_a_name_in_use_is_refused_and_the_existing_record_kept(serve_dir, reference_lm, monkeypatch):
+    import getpass
+
+    existing = serve_dir / getpass.getuser() / "tiny"
+    existing.mkdir(parents=True)
+    (existing / "endpoint.json").write_text("{}")
+    result = CliRunner().invoke(main, ["serve", "start", str(reference_lm["lm"]), "--name", "tiny", "--profile", "cpu"])
+    assert result.exit_code == 1 and "already used" in result.output, result.output
+    assert (existing / "endpoint.json").read_text() == "{}"
+
+
+# ---- the real endpoint ----------------------------------------------------------------------------
+
+
+
+@pytest.mark.slurm
+def test_start_reports_progress_until_ready_and_keeps_the_record_private(served):
+    started = time.monotonic()
+    out = served.aif(served.owner, "serve", "start", str(served.model_dir), "--name", served.name, "--profile", "cpu",
+                     "--memory-gb", "8", "--wait", "--timeout", "480").stdout
+    print(f"aif serve start -> ready: {time.monotonic() - started:.1f} s")
+    assert f"/services/serve/{served.owner}/{served.name}/v1" in out
+    assert "ready (job" in out, out
+    status = served.aif(served.owner, "serve", "status", served.name).stdout
+    assert status.startswith(f"{served.name}: ready"), status
+    listing = served.aif(served.owner, "serve", "list").stdout
+    assert served.name in listing and "ready" in listing
+    folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{served.name}")
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    for name in ("secret", "endpoint.json", "address.json"):
+        assert stat.S_IMODE(os.stat(f"{folder}/{name}").st_mode) == 0o600, name
+    secret = open(f"{folder}/secret").read().strip()
+    assert secret not in open(f"{folder}/job.sh").read()  # read from the 0600 file in the job, never in argv
+    assert secret not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "vllm" in served.aif(served.owner, "serve", "logs", served.name).stdout.lower()
+
+
+@pytest.mark.slurm
+def test_owner_gets_a_completion_and_a_streamed_chat_with_the_openai_client(served):
+    response = completion(served.url, served.tokens[served.owner])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["usage"]["completion_tokens"] == 8 and body["choices"][0]["text"]
+    models = httpx.get(f"{served.url}/models", headers={"Authorization": f"Bearer {served.tokens[served.owner]}"})
+    assert [m["id"] for m in models.json()["data"]] == ["tiny"]
+    # the stock openai client (it ships with vLLM's venv), streaming SSE through the hub's proxy
+    done = subprocess.run([str(ENGINE_PYTHON), "-c", OPENAI_STREAM, served.url, served.tokens[served.owner]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chunks, tokens, text = done.stdout.split(" ", 2)
+    assert int(tokens) == 12 and int(chunks) >= 1 and len(text) > 2
+
+
+@pytest.mark.slurm
+def test_only_the_owner_and_shared_groups_get_through(served):
+    assert completion(served.url, None).status_code == 401
+    assert completion(served.url, "not-a-hub-token").status_code == 401
+    refused = completion(served.url, served.tokens[served.other])
+    assert refused.status_code == 403 and "not shared" in refused.json()["error"]["message"]
+    assert completion(served.url, served.tokens[served.member]).status_code == 403
+    out = served.aif(served.owner, "serve", "share", served.name, "--group", served.group).stdout
+    assert served.group in out
+    assert completion(served.url, served.tokens[served.member]).status_code == 200
+    assert completion(served.url, served.tokens[served.other]).status_code == 403
+    # another user cannot start, stop or read someone else's endpoint through the CLI either
+    assert served.aif(served.other, "serve", "stop", served.name, check=False).returncode == 1
+    # the engine itself: reachable on its node only with the endpoint's secret
+    folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{served.name}")
+    address = json.load(open(f"{folder}/address.json"))
+    direct = f"http://{address['host']}:{address['port']}/v1"
+    assert completion(direct, None).status_code == 401
+    assert completion(direct, served.tokens[served.owner]).status_code == 401
+    assert completion(direct, open(f"{folder}/secret").read().strip()).status_code == 200
+
+
+@pytest.mark.slurm
+def test_a_body_the_engine_rejects_comes_back_with_its_status(served):
+    response = completion(served.url, served.tokens[served.owner], model="no-such-model")
+    assert response.status_code == 404 and "no-such-model" in response.text
+    assert completion(served.url, served.tokens[served.owner], max_tokens=-3).status_code == 400
+
+
+@pytest.mark.slurm
+def test_a_killed_job_is_reported_and_stop_leaves_no_job_and_no_route(served):
+    folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{served.name}")
+    job_id = json.load(open(f"{folder}/endpoint.json"))["job_id"]
+    served.cluster.run(["scancel", job_id])  # as an operator or a node failure would
+    deadline = time.monotonic() + 60
+    while served.cluster.run(["squeue", "-h", "-j", job_id], check=False).stdout.strip():
+        assert time.monotonic() < deadline, "job still listed after scancel"
+        time.sleep(0.5)
+    status = served.aif(served.owner, "serve", "status", served.name).stdout
+    assert status.startswith(f"{served.name}: ended") and "Last lines" in status or "last lines" in status, status
+    assert completion(served.url, served.tokens[served.owner]).status_code == 502
+    served.aif(served.owner, "serve", "stop", served.name)
+    gone = completion(served.url, served.tokens[served.owner])
+    assert gone.status_code == 503 and "stopped" in gone.json()["error"]["message"]
+    assert not served.cluster.run(["squeue", "-h", "-u", served.owner], check=False).stdout.strip()
