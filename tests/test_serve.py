@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from aifactory.hub.cli import main
-from serve_fixtures import ENGINE_PYTHON
+from serve_fixtures import AIF, ENGINE_PYTHON
 
 OPENAI_STREAM = """
 import sys, openai
@@ -145,6 +145,47 @@ def test_a_body_the_engine_rejects_comes_back_with_its_status(served):
     response = completion(served.url, served.tokens[served.owner], model="no-such-model")
     assert response.status_code == 404 and "no-such-model" in response.text
     assert completion(served.url, served.tokens[served.owner], max_tokens=-3).status_code == 400
+
+
+@pytest.mark.slurm
+def test_bench_run_against_the_endpoint_gives_token_metrics_in_mlflow(served, reference_lm, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    token = served.tokens[served.owner]
+    key = tmp_path / "hub-token"
+    key.write_text(token)
+    key.chmod(0o600)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served.platform.mlflow_url, "MLFLOW_TRACKING_TOKEN": token}
+    experiment = f"serve-{served.owner}"
+    done = subprocess.run(
+        [str(AIF), "bench", "run", "--endpoint", served.url, "--api-key-file", str(key), "--model", str(served.model_dir),
+         "--data", str(reference_lm["prompts"]), "--scenario", "SingleStream", "--scenario", "Server",
+         "--profile", "quick", "--concurrency", "4", "--slo-preset", "llama2-70b", "--results-dir", str(tmp_path / "r"),
+         "--experiment", experiment, "--no-progress"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "mlflow run:" in done.stdout, done.stdout
+    results = json.loads(next((tmp_path / "r").glob("*/results.json")).read_text())
+    by_scenario = {c["scenario"]: c for c in results["children"]}
+    client = MlflowClient(served.platform.mlflow_url)
+    os.environ.update(MLFLOW_TRACKING_TOKEN=token)  # the MLflow client reads it from the environment
+    try:
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                  "tags.`aif.scenario` = 'SingleStream'")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+    assert len(runs) == 1 and runs[0].data.tags["aif.backend"] == "endpoint"
+    for scenario in ("SingleStream", "Server"):
+        metrics = by_scenario[scenario]["metrics"]
+        assert 0 < metrics["ttft_p50_ms"] < metrics["latency_p50_ms"] and metrics["tpot_p50_ms"] > 0
+        assert metrics["itl_p50_ms"] > 0
+        # the TTFT figure is LoadGen's own (its detail log), as for in-process models
+        log = next((tmp_path / "r").glob(f"*/children/*-{scenario}/loadgen/mlperf_log_detail.txt")).read_text()
+        logged = next(json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.splitlines()
+                      if '"result_first_token_50.00_percentile_latency_ns"' in line)
+        assert metrics["ttft_p50_ms"] == pytest.approx(logged["value"] / 1e6)
+    assert runs[0].data.metrics["ttft_p50_ms"] == pytest.approx(by_scenario["SingleStream"]["metrics"]["ttft_p50_ms"])
+    assert "goodput_requests_per_s" in by_scenario["Server"]["metrics"]
 
 
 @pytest.mark.slurm
