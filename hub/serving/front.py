@@ -97,9 +97,12 @@ class EndpointHandler(web.RequestHandler):
                               allow_nonstandard_methods=True, follow_redirects=False, decompress_response=False,
                               request_timeout=3600, header_callback=self._on_header, streaming_callback=self._on_chunk)
         try:
-            await AsyncHTTPClient().fetch(request, raise_error=False)
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            failure = response.error if response.code == 599 else None
         except (HTTPClientError, ConnectionError, OSError) as err:
-            return self.fail(502, f"the endpoint's engine at {address[0]}:{address[1]} is not reachable ({err}); "
+            failure = err
+        if failure is not None:
+            return self.fail(502, f"the endpoint's engine at {address[0]}:{address[1]} is not reachable ({failure}); "
                                   "see `aif serve status`")
         self.finish()
 

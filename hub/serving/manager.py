@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ LOG_TAIL_LINES = 20
 
 
 def current_user():
-    return getpass.getuser()
+    # the account itself, not $USER (which a caller's environment may carry over)
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def start(model, name=None, engine="vllm", profile=None, gpus=None, hours=None, cpus=None, memory_gb=None,
