@@ -76,6 +76,39 @@ def test_a_name_in_use_is_refused_and_the_existing_record_kept(serve_dir, refere
     assert (existing / "endpoint.json").read_text() == "{}"
 
 
+def test_the_job_script_comes_from_the_validated_request_and_keeps_the_secret_out(serve_dir, reference_lm):
+    from aifactory.hub.serving.endpoints import Endpoint, EndpointStore
+    from aifactory.hub.serving.engines import engine_command, engine_env
+    from aifactory.hub.serving.jobs import job_script, resolve_resources
+
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    request = resolve_resources(user, {"profile": "gpu-1", "gpus": 2, "hours": 3})
+    endpoint = EndpointStore(user).create(Endpoint(name="big", owner=user, model=str(reference_lm["lm"]),
+                                                   served_model_name="big", engine="vllm", request=request.to_state()))
+    script = job_script(endpoint, request, engine_command("/opt/vllm/bin/python", reference_lm["lm"], "big", 2),
+                        engine_env(2), "/opt/vllm/bin/python")
+    assert "#SBATCH --gres=gpu:h200:2" in script and "#SBATCH --time=03:00:00" in script
+    assert "--tensor-parallel-size 2" in script and "--enforce-eager" not in script
+    assert endpoint.secret() not in script and 'VLLM_API_KEY="$(cat secret)"' in script
+    assert "HF_HUB_OFFLINE=1" in script and "VLLM_NO_USAGE_STATS=1" in script
+    assert stat.S_IMODE(os.stat(endpoint.folder / "secret").st_mode) == 0o600
+    cpu = engine_command("/opt/vllm/bin/python", reference_lm["lm"], "big", 0)
+    assert "--enforce-eager" in cpu and "VLLM_CPU_KVCACHE_SPACE" in engine_env(0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--served-model", "x"], "--served-model and --api-key-file go with --endpoint URL"),
+    (["--endpoint", "ftp://host/v1"], "url: the endpoint's OpenAI base URL"),
+])
+def test_bad_endpoint_benchmark_flags_are_refused(reference_lm, args, message, tmp_path):
+    result = CliRunner().invoke(main, ["bench", "run", "--model", str(reference_lm["lm"]), "--data",
+                                       str(reference_lm["prompts"]), "--no-mlflow", "--results-dir", str(tmp_path), *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+
+
 # ---- the real endpoint ----------------------------------------------------------------------------
 
 
