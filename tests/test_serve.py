@@ -117,7 +117,7 @@ def test_bad_endpoint_benchmark_flags_are_refused(reference_lm, args, message, t
 def test_start_reports_progress_until_ready_and_keeps_the_record_private(served):
     started = time.monotonic()
     out = served.aif(served.owner, "serve", "start", str(served.model_dir), "--name", served.name, "--profile", "cpu",
-                     "--memory-gb", "8", "--wait", "--timeout", "480").stdout
+                     "--cpus", "2", "--memory-gb", "8", "--wait", "--timeout", "480").stdout
     print(f"aif serve start -> ready: {time.monotonic() - started:.1f} s")
     assert f"/services/serve/{served.owner}/{served.name}/v1" in out
     assert "ready (job" in out, out
