@@ -140,6 +140,7 @@ def _serve_service(rt):
     return {
         "name": SERVE_SERVICE,
         "url": f"http://127.0.0.1:{rt['serve_service_port']}",
+        "display": False,  # an API (hub tokens only), no page to open from the Services menu
         **_service_timeout(60),
         "environment": {k: os.environ[k] for k in passed if k in os.environ},
         "command": [sys.executable, "-m", "aifactory.hub.serving.front"],
