@@ -127,7 +127,7 @@ def test_start_reports_progress_until_ready_and_keeps_the_record_private(served)
     assert served.name in listing and "ready" in listing
     folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{served.name}")
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    for name in ("secret", "endpoint.json", "address.json"):
+    for name in ("secret", "endpoint.json", "address.json", "job.sh", "engine.log"):
         assert stat.S_IMODE(os.stat(f"{folder}/{name}").st_mode) == 0o600, name
     secret = open(f"{folder}/secret").read().strip()
     assert secret not in open(f"{folder}/job.sh").read()  # read from the 0600 file in the job, never in argv

@@ -28,6 +28,7 @@ SCRIPT = """#!/bin/bash
 #SBATCH --mem={request.memory_gb}G
 {optional}set -euo pipefail
 umask 077
+chmod 600 {log} 2>/dev/null || true  # Slurm created it with the submitter's umask
 # the engine binds the node's own address: the hub's serve service reaches it there
 AIF_HOST="${{{host_var}:-$({python} -c 'import socket; print(socket.gethostbyname(socket.gethostname()))')}}"
 AIF_PORT="$({python} -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$AIF_HOST")"

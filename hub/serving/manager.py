@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import requests
 
+from ...common.files import write_private
+
 from . import tracking
 from .endpoints import Endpoint, EndpointStore, ServeError, check_name, check_text_generation_model
 from .engines import check_engine, default_engine_python, engine_command, engine_env
@@ -36,7 +38,7 @@ def start(model, name=None, engine="vllm", profile=None, gpus=None, hours=None, 
                                      engine=engine, request=request.to_state()))
     try:
         script = endpoint.folder / "job.sh"
-        script.write_text(job_script(endpoint, request, engine_command(python, model_path, name, request.gpus,
+        write_private(script, job_script(endpoint, request, engine_command(python, model_path, name, request.gpus,
                                                                        max_model_len), engine_env(request.gpus), python))
         endpoint.job_id = submit(script)
     except BaseException:
