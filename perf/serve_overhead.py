@@ -7,7 +7,7 @@ job, so that the figures are the proxy's and not the scheduler's). In the same r
 round by round, N streamed completions at 1 and 16 concurrent streams go straight to the engine
 (with its secret) and through /services/serve/<owner>/<name>/v1 (with the user's hub token).
 TTFT is taken at the first non-empty chunk, TPOT = (E2E - TTFT) / (completion_tokens - 1) from the
-usage chunk; every request generates exactly --tokens tokens (ignore_eos).
+usage chunk; every request generates exactly --tokens tokens (min_tokens = max_tokens).
 
     CI=true flock /work/locks/system-tests.lock .venv/bin/python perf/serve_overhead.py --out perf/results/serve.json
 
@@ -52,8 +52,13 @@ def start_engine(python, model, port, secret, log):
         time.sleep(0.25)
 
 
-def one_stream(client, url, key, tokens):
-    body = {"model": "tiny", "prompt": "The license", "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+PROMPTS = ["Return current line", "Parser base class which provides", "Shared support for scanning document"]
+
+
+def one_stream(client, url, key, tokens, prompt=PROMPTS[0]):
+    # min_tokens rather than ignore_eos: every answer is --tokens tokens of text (past an ignored eos
+    # this small LM also emits </s>, which decodes to nothing); prompts from the reference data
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first, usage = None, None
@@ -74,7 +79,8 @@ def one_stream(client, url, key, tokens):
 def measure(url, key, concurrency, requests, tokens):
     with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64)) as client, \
             ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda _: one_stream(client, url, key, tokens), range(requests)))
+        results = list(pool.map(lambda i: one_stream(client, url, key, tokens, PROMPTS[i % len(PROMPTS)]),
+                                range(requests)))
     return [r[0] for r in results], [r[1] for r in results]
 
 
