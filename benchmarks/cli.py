@@ -51,6 +51,13 @@ def build_config(config_path, overrides):
             (raw.setdefault(section, {}) if section else raw)[key] = overrides[flag]
     if overrides["backend"]:
         raw["backends"] = list(overrides["backend"])
+    if overrides.get("endpoint"):
+        raw["backends"] = [{"kind": "endpoint", "url": overrides["endpoint"], "served_model": overrides.get("served_model"),
+                            "api_key_file": overrides.get("api_key_file")}]
+    elif overrides.get("served_model") or overrides.get("api_key_file"):
+        raise BenchmarkError("--served-model and --api-key-file go with --endpoint URL")
+    if overrides.get("concurrency"):
+        raw.setdefault("generation", {})["concurrency"] = overrides["concurrency"]
     raw["backends"] = [parse_backend_shorthand(b, f"backends[{i}]") if isinstance(b, str) else b
                        for i, b in enumerate(raw.get("backends") or [{}])]
     for key in ("precision", "device", "threads"):
@@ -84,6 +91,14 @@ def build_config(config_path, overrides):
               "llama3.1-8b = 2000 / 100 ms.")
 @click.option("--ttft-ms", type=float, help="Server TTFT bound at p99 (overrides the preset's).")
 @click.option("--tpot-ms", type=float, help="Server TPOT bound at p99 (overrides the preset's).")
+@click.option("--endpoint", help="Benchmark an OpenAI-compatible endpoint (its base URL, .../v1, e.g. an `aif serve` "
+              "endpoint through the hub) instead of running the model here; --model is then the served model's "
+              "directory (its tokenizer).")
+@click.option("--served-model", help="With --endpoint: the model name the server knows (default: its only one).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, exists=True), help="With --endpoint: a file holding "
+              "the API key (for `aif serve` endpoints, a hub token); default $OPENAI_API_KEY.")
+@click.option("--concurrency", type=int, help="Text generation: workers sending batches at once (an endpoint "
+              "batches concurrent requests itself).")
 @click.option("--scenario", multiple=True, type=click.Choice(SCENARIOS))
 @click.option("--profile", type=click.Choice(PROFILES), help="quick: seconds; full: MLPerf minimum durations.")
 @click.option("--precision", type=click.Choice(PRECISIONS))

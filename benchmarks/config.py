@@ -118,6 +118,9 @@ class BackendConfig:
     cuda_graphs: bool = False  # torch on CUDA: replay captured graphs
     model: str | None = None  # run this backend on another model file (e.g. a quantized export)
     fetch_outputs: str = "scored"  # per query: "scored" (only the output accuracy reads) or "all"
+    url: str | None = None  # endpoint only: the OpenAI-compatible base URL (.../v1)
+    served_model: str | None = None  # endpoint only: the model name the server knows (default: its only one)
+    api_key_file: str | None = None  # endpoint only: file holding the API key (a hub token); else $OPENAI_API_KEY
 
     def validate(self, where):
         from .backends.registry import BACKENDS, backend_class

@@ -110,6 +110,8 @@ def environment_packages():
 
 def hardware_tag(device: str, fingerprint: dict):
     """`<device kind>:<device name>` as the MLflow layout wants it."""
+    if device == "remote":  # an endpoint backend: the model runs on the server, not on this host
+        return "remote:endpoint"
     if device.startswith("cuda"):
         index = cuda_index(device)
         names = fingerprint.get("gpu_names") or []

@@ -78,3 +78,12 @@ HF_ALLOW_REMOTE_CODE = _var("AIF_HF_ALLOW_REMOTE_CODE", "1 lets benchmarks load 
                             "model.trust_remote_code: true; unset, such models are refused.", "operator")
 REFERENCE_CACHE = _var("AIF_REFERENCE_CACHE", "Where `aif bench reference-models` keeps the reference language "
                        "models it builds (default: $XDG_CACHE_HOME/aifactory, else ~/.cache/aifactory).", "operator")
+
+# -- served models (aif serve) ------------------------------------------------------------------------
+SERVE_DIR = _var("AIF_SERVE_DIR", "Where endpoints' private records live: $AIF_SERVE_DIR/<user>/<name> "
+                 "(default ~/.aif/serve/<name>); the hub's serve service reads the same place.", "operator")
+SERVE_ENGINE_PYTHON = _var("AIF_SERVE_ENGINE_PYTHON", "Python of the venv with the inference engine (vLLM) that "
+                           "endpoint jobs run (default: the project's .venv-vllm, made by `make engines`).",
+                           "operator")
+SERVE_HOST = _var("AIF_SERVE_HOST", "Address an endpoint's engine binds to on its node (default: the node's "
+                  "address as its hostname resolves); the hub's serve service must reach it.", "operator")

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "report": "aifactory.benchmarks.compare_cli:report",
     "images": "aifactory.images.cli:images",
     "workshop": "aifactory.hub.workshops.cli:workshop",
+    "serve": "aifactory.hub.serving.cli:serve",
 }
 
 

@@ -10,5 +10,8 @@ from aifactory.hub.testing.fixtures import platform, platform_factory, port  # n
 # a real MLflow server (SQLite, served artifacts) shared by the benchmark and comparison tests
 from bench_fixtures import mlflow_server  # noqa: E402,F401
 
+# one real vLLM endpoint on the mini-cluster behind a real platform, for the serving tests
+from serve_fixtures import served  # noqa: E402,F401
+
 # the reference language models (built once per cache) for the generative-AI tests
 from genai_fixtures import reference_lm  # noqa: E402,F401

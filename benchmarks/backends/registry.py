@@ -22,6 +22,7 @@ BACKENDS = {
     "onnxruntime": "onnxruntime:OnnxRuntimeBackend",
     "transformers": "transformers:TransformersBackend",
     "null": "null:NullBackend",
+    "endpoint": "endpoint:EndpointBackend",
 }
 #: other spellings of a kind in the `kind:rest` shorthand
 ALIASES = {"ort": "onnxruntime", "hf": "transformers"}

@@ -98,6 +98,8 @@ def generation_agreement(reference_ids, ids, reference_logits, logits, cfg) -> d
     """Share of prompts with identical generated tokens, and the largest next-token logit difference."""
     same = np.array([np.array_equal(a, b) for a, b in zip(reference_ids, ids)], dtype=np.float64)
     out = _mean_with_ci(Metrics.AGREEMENT_TOKENS, same, cfg)
+    if reference_logits is None or logits is None:
+        return out
     diff = np.abs(reference_logits.astype(np.float64) - logits.astype(np.float64)).max(axis=1)
     out[Metrics.AGREEMENT_MAX_ABS_DIFF] = float(diff.max())
     return out

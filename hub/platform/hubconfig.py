@@ -14,6 +14,7 @@ from .config import ConfigError
 
 MLFLOW_SERVICE = "mlflow"
 WORKSHOP_SERVICE = "workshops"
+SERVE_SERVICE = "serve"
 ADMIN_SERVICE = "aif-admin"
 #: the entry point that runs a service module with its guard armed first
 GUARDED = "aifactory.common.guarded"
@@ -141,6 +142,7 @@ def _services_and_roles(c, rt, state):
             ],
         },
         {"name": ADMIN_SERVICE, "api_token": rt["admin_service_token"]},
+        _serve_service(rt),
     ]
     access_mlflow = f"access:services!service={MLFLOW_SERVICE}"
     c.JupyterHub.load_roles = [
@@ -149,7 +151,22 @@ def _services_and_roles(c, rt, state):
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", access_mlflow]},
         {"name": "mlflow-service", "services": [MLFLOW_SERVICE], "scopes": ["read:users", "list:users", "read:groups", "list:groups"]},
         {"name": "aif-admin", "services": [ADMIN_SERVICE], "scopes": ADMIN_SERVICE_SCOPES},
+        # the serve service checks each caller's token and groups itself (owner or a shared group)
+        {"name": "serve-service", "services": [SERVE_SERVICE], "scopes": ["read:users", "list:users", "read:groups", "list:groups"]},
     ]
+
+
+def _serve_service(rt):
+    """`aif serve` endpoints behind the hub: /services/serve/<owner>/<name>/v1 (hub/serving/front.py)."""
+    passed = (envvars.SERVE_DIR.name, "PATH", "SLURM_CONF")
+    return {
+        "name": SERVE_SERVICE,
+        "url": f"http://127.0.0.1:{rt['serve_service_port']}",
+        "display": False,  # an API (hub tokens only), no page to open from the Services menu
+        **_service_timeout(60),
+        "environment": {k: os.environ[k] for k in passed if k in os.environ},
+        "command": [sys.executable, "-m", "aifactory.hub.serving.front"],
+    }
 
 
 def _workshops(c, rt, state):

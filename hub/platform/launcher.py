@@ -164,6 +164,7 @@ class Platform:
             "mlflow_service_port": pick("mlflow_service", ml_prev.get("service_port")),
             "mlflow_server_port": pick("mlflow_server", ml_prev.get("server_port")),
             "workshop_service_port": pick("workshop_service", previous.get("workshop_service_port")),
+            "serve_service_port": pick("serve_service", previous.get("serve_service_port")),
         }
 
     def _write_runtime(self, ports):
@@ -180,6 +181,7 @@ class Platform:
             "admin_service_token": self.admin_service_token,
             "spawner": self.settings.spawner,
             "workshop_service_port": ports["workshop_service_port"],
+            "serve_service_port": ports["serve_service_port"],
             "slurm_conf": str(self.slurm_conf or ""),
             "mlflow": {
                 "service_port": ports["mlflow_service_port"],
