@@ -106,7 +106,8 @@ def check_client(doc, client_id, client_secret, redirect_uri, timeout=10.0, veri
     if error in ("invalid_client", "unauthorized_client") or response.status_code == 401:
         raise OIDCConfigError(
             f"the provider refuses the client (token endpoint: {error or response.status_code}): check "
-            f"AIFOIDCAuthenticator.client_id ({client_id!r}) and the secret in AIFOIDCAuthenticator.client_secret_file")
+            f"AIFOIDCAuthenticator.client_id ({client_id!r}), the secret in AIFOIDCAuthenticator.client_secret_file, "
+            f"and that the provider has {redirect_uri} registered as this client's redirect URI")
 
 
 def read_secret_file(path):
@@ -417,13 +418,13 @@ class AIFOIDCAuthenticator(GenericOAuthenticator):
         cache = Path(self.discovery_cache)
         try:
             doc = discover(self.issuer_url, verify=self.validate_server_cert)
-        except OIDCConfigError:
+        except OIDCConfigError as err:
             try:
                 doc = json.loads(cache.read_text())
             except (OSError, ValueError):
-                raise
-            if doc.get("issuer", "").rstrip("/") != self.issuer_url.rstrip("/"):
-                raise
+                raise err from None
+            if not isinstance(doc, dict) or doc.get("issuer", "").rstrip("/") != self.issuer_url.rstrip("/"):
+                raise err from None
             self.log.warning("identity provider %s not answering: using the cached discovery document %s",
                              self.issuer_url, cache)
             return doc

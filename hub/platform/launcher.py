@@ -23,7 +23,7 @@ from ...common.net import free_port, port_is_free
 from ...common.procutil import die_with_parent, stop_process_group
 from ..auth import UsersFile
 from . import hubconfig
-from .config import build_platform_config, make_platform_settings
+from .config import build_platform_config, load_config_file, make_platform_settings
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 
@@ -154,7 +154,8 @@ class Platform:
 
         config = Config()
         config.AIFOIDCAuthenticator.update(hubconfig.oidc_defaults(self.url, self.state))
-        config.merge(self.config)
+        effective = self._effective_config_file()  # the very lines the hub will load
+        config.merge(load_config_file(effective) if effective else self.config)
         return config
 
     def _effective_config_file(self):
