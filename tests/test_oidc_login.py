@@ -229,8 +229,11 @@ def test_provider_down_login_page_says_so_and_running_sessions_keep_running(brow
         assert "Sessions already running keep running" in text
         fresh.context.close()
         time.sleep(REFRESH_AGE + 0.5)  # the next request refreshes auth, which cannot reach the provider
-        response = page.goto(f"{server}/api/status")
-        assert response.status == 200 and page.url.startswith(server), page.url
+        # the session's own login goes through the hub (OAuth with the hub), which refreshes auth
+        response = page.goto(f"{server}/lab")
+        assert response.status == 200 and page.url.startswith(f"{server}/lab"), page.url
+        assert requests.get(f"{server}/api/status", headers={"Authorization": f"token {hub.user_token(user)}"},
+                            timeout=30).status_code == 200
         page.goto(f"{hub.url}/hub/home")
         assert page.url == f"{hub.url}/hub/home"
         assert sorted(hub_user(hub, user)["groups"]) == ["acme", "globex"]  # the last good memberships stand
