@@ -617,9 +617,10 @@ class AIFOIDCAuthenticator(GenericOAuthenticator):
         if handler is not None and not hasattr(handler, "_token_authenticated"):
             handler._token_authenticated = False
         auth_state = await user.get_auth_state() or {}
-        if auth_state.get("local_account"):
-            # a seat whose account was removed or has expired must log in again (and cannot)
-            return user.name in UsersFile(self.users_file).read() and self._local_valid(user.name)
+        if auth_state.get("local_account") or (not auth_state and self._is_local(user.name)):
+            # a local account (also one made through the API that only ever used a token): valid
+            # while its record is; a seat that was removed or has expired must log in again (and cannot)
+            return self._local_valid(user.name)
         try:
             refreshed = await super().refresh_user(user, handler, **kwargs)
         except Exception as err:
@@ -639,6 +640,12 @@ class AIFOIDCAuthenticator(GenericOAuthenticator):
                 return False
         return refreshed
 
+    def _is_local(self, name):
+        return self.local_accounts and name in UsersFile(self.users_file).read()
+
     def _local_valid(self, name):
-        expires = (UsersFile(self.users_file).read().get(name) or {}).get("expires")
+        record = UsersFile(self.users_file).read().get(name) if self.local_accounts else None
+        if record is None:
+            return False
+        expires = record.get("expires")
         return not expires or datetime.datetime.fromisoformat(expires) > datetime.datetime.now(datetime.timezone.utc)
