@@ -6,6 +6,8 @@ Tests import helpers from their modules (`aifactory.hub.testing.ci`, `...cluster
 
 # the real platform (hub + proxy + MLflow service), and a free port
 from aifactory.hub.testing.fixtures import platform, platform_factory, port  # noqa: F401
+# a real OpenID Connect provider on loopback (tests/test_oidc*.py)
+from aifactory.hub.testing.fixtures import oidc_db_template, oidc_provider  # noqa: E402,F401
 
 # a real MLflow server (SQLite, served artifacts) shared by the benchmark and comparison tests
 from bench_fixtures import mlflow_server  # noqa: E402,F401

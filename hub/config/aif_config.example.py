@@ -18,6 +18,12 @@
 #  Default: 'admin'
 # c.AIFPlatform.admin_user = 'admin'
 
+## How people log in: 'local' (accounts in <state_dir>/users.json, `aif user add`) or 'oidc'
+#  (the site's OpenID Connect provider, configured by c.AIFOIDCAuthenticator.*; local accounts
+#  such as workshop seats keep working beside it). See docs/oidc.md.
+#  Default: 'local'
+# c.AIFPlatform.auth = 'local'
+
 ## SQLAlchemy URL of the hub database. Default: SQLite in the state directory. A site uses
 #  PostgreSQL: postgresql://hub:PASSWORD@dbhost/jupyterhub
 #  Default: computed when the platform starts (see above)
@@ -87,6 +93,83 @@
 ## Path of the users file written by `aif user add`. Default: <state_dir>/users.json.
 #  Default: computed when the platform starts (see above)
 # c.AIFLocalAuthenticator.users_file = ...
+
+#-----------------------------------------------------------------------------------------------
+# AIFOIDCAuthenticator(GenericOAuthenticator) configuration
+#-----------------------------------------------------------------------------------------------
+## OpenID Connect login with the site's identity provider, beside the platform's local accounts.
+
+## File holding the client secret the provider issued (mode 0600; read at start).
+#  Default: ''
+# c.AIFOIDCAuthenticator.client_secret_file = ''
+
+## Last good discovery document, used when the provider is down at hub start. Default:
+#  <state_dir>/oidc-discovery.json.
+#  Default: computed when the platform starts (see above)
+# c.AIFOIDCAuthenticator.discovery_cache = ...
+
+## Regular expressions over the values of `groups_claim`, each with a named group
+#  `(?P<group>...)`: the hub group (project) a matching value gives. Values matching none are
+#  ignored. Keycloak groups: r'^/aif/(?P<group>[^/]+)$'. Admins: map an entitlement to a group
+#  and name it in `admin_groups`.
+#  Default: ['^urn:geant:[^:#]+:group:aif:(?P<group>[A-Za-z0-9][A-Za-z0-9_.-]*(?::[A-Za-z0-9_.-]+)*)(?:#.*)?$']
+# c.AIFOIDCAuthenticator.entitlement_patterns = ['^urn:geant:[^:#]+:group:aif:(?P<group>[A-Za-z0-9][A-Za-z0-9_.-]*(?::[A-Za-z0-9_.-]+)*)(?:#.*)?$']
+
+## Userinfo claim carrying the memberships: 'eduperson_entitlement' (MyAccessID, eduGAIN) or
+#  'groups' (Keycloak's group mapper).
+#  Default: 'eduperson_entitlement'
+# c.AIFOIDCAuthenticator.groups_claim = 'eduperson_entitlement'
+
+## Signature algorithms accepted for ID tokens.
+#  Default: ['RS256']
+# c.AIFOIDCAuthenticator.id_token_algorithms = ['RS256']
+
+## Seconds of clock skew allowed on exp/iat.
+#  Default: 30
+# c.AIFOIDCAuthenticator.id_token_leeway = 30
+
+## Which identity (issuer, subject) owns which hub name. Default:
+#  <state_dir>/oidc-identities.json.
+#  Default: computed when the platform starts (see above)
+# c.AIFOIDCAuthenticator.identities_file = ...
+
+## The provider's issuer, e.g. https://proxy.myaccessid.org or
+#  https://sso.example.eu/realms/hpc. The endpoints come from its discovery document
+#  (<issuer>/.well-known/openid-configuration). Required.
+#  Default: ''
+# c.AIFOIDCAuthenticator.issuer_url = ''
+
+## How long the provider's keys are reused (refetched on an unknown kid).
+#  Default: 600
+# c.AIFOIDCAuthenticator.jwks_cache_seconds = 600
+
+## When a refresh cannot reach the provider, keep the user's current auth (running sessions keep
+#  working, and the last good memberships stand) instead of logging them out.
+#  Default: True
+# c.AIFOIDCAuthenticator.keep_auth_when_provider_down = True
+
+## Also offer the platform's local accounts (the admin, workshop seats) on the login page.
+#  Default: True
+# c.AIFOIDCAuthenticator.local_accounts = True
+
+## Where the provider sends the browser after ending its session (register it with the
+#  provider). Default: the hub's login page, from oauth_callback_url.
+#  Default: computed when the platform starts (see above)
+# c.AIFOIDCAuthenticator.post_logout_redirect_uri = ...
+
+## Seconds the login page waits for the provider.
+#  Default: 3.0
+# c.AIFOIDCAuthenticator.provider_check_timeout = 3.0
+
+## Drop an '@domain' suffix of the user-name claim (alice@uni.example -> alice). Only where one
+#  home organisation's names are used: names from two organisations may collide (a collision is
+#  refused, never merged).
+#  Default: False
+# c.AIFOIDCAuthenticator.username_strip_domain = False
+
+## Local accounts (`aif user add`). Default: <state_dir>/users.json.
+#  Default: computed when the platform starts (see above)
+# c.AIFOIDCAuthenticator.users_file = ...
 
 #-----------------------------------------------------------------------------------------------
 # PlatformEnvMixin(Configurable) configuration
@@ -246,18 +329,16 @@
 # c.Authenticator.admin_users = {"operator1"}
 # c.Authenticator.allowed_users = set()     # or c.Authenticator.allow_all = True
 #
-# Generic OAuth / OpenID Connect (e.g. the centre's Keycloak); needs `pip install oauthenticator`:
-# c.JupyterHub.authenticator_class = "generic-oauth"
-# c.GenericOAuthenticator.client_id = "aifactory-lab"
-# c.GenericOAuthenticator.client_secret = "..."
-# c.GenericOAuthenticator.oauth_callback_url = "https://lab.aifactory.example.eu/hub/oauth_callback"
-# c.GenericOAuthenticator.authorize_url = "https://sso.example.eu/realms/hpc/protocol/openid-connect/auth"
-# c.GenericOAuthenticator.token_url = "https://sso.example.eu/realms/hpc/protocol/openid-connect/token"
-# c.GenericOAuthenticator.userdata_url = "https://sso.example.eu/realms/hpc/protocol/openid-connect/userinfo"
-# c.GenericOAuthenticator.username_claim = "preferred_username"
-# c.GenericOAuthenticator.manage_groups = True
-# c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"   # e.g. sme, evaluators
-# c.GenericOAuthenticator.allow_all = True
+# Federated login (OpenID Connect: MyAccessID, the centre's Keycloak), local accounts beside it:
+# `aif up --auth oidc`, or c.AIFPlatform.auth = "oidc"; full examples in docs/oidc.md.
+# c.AIFOIDCAuthenticator.issuer_url = "https://sso.example.eu/realms/hpc"
+# c.AIFOIDCAuthenticator.client_id = "aifactory-lab"
+# c.AIFOIDCAuthenticator.client_secret_file = "/etc/aifactory/oidc-client-secret"   # mode 0600
+# c.AIFOIDCAuthenticator.scope = ["openid", "profile", "email", "groups"]
+# c.AIFOIDCAuthenticator.groups_claim = "groups"
+# c.AIFOIDCAuthenticator.entitlement_patterns = [r"^/aif/(?P<group>[^/]+)$"]
+# c.AIFOIDCAuthenticator.allowed_groups = {"acme", "globex"}
+# c.AIFOIDCAuthenticator.admin_groups = {"aif-admins"}
 
 # --- JupyterHub's own settings the platform sets (override them here) ---------------------------
 # c.Spawner.default_url = "/lab"

@@ -25,24 +25,41 @@ config_option = click.option(
               help="Run users' servers as local processes or as Slurm jobs.")
 @click.option("--slurm-conf", type=click.Path(dir_okay=False, exists=True), default=None,
               help="slurm.conf of the cluster to submit to (default: the mini-cluster's, with --spawner slurm).")
+@click.option("--auth", type=click.Choice(["local", "oidc"]), default=None,
+              help="How people log in: local accounts, or the site's OpenID Connect provider (docs/oidc.md).")
+@click.option("--oidc-issuer", default=None, metavar="URL",
+              help="The provider's issuer URL (its discovery document is <URL>/.well-known/openid-configuration).")
+@click.option("--oidc-client-id", default=None, help="The client id the provider registered for this platform.")
+@click.option("--oidc-client-secret-file", default=None, type=click.Path(dir_okay=False),
+              help="File (mode 0600) holding the client secret the provider issued.")
 @cli_errors
-def up(state_dir, config_file, port, spawner, slurm_conf):
+def up(state_dir, config_file, port, spawner, slurm_conf, auth, oidc_issuer, oidc_client_id,
+       oidc_client_secret_file):
     """Start the platform: proxy, JupyterHub and the MLflow service. Ctrl-C stops it."""
     stop = _catch_stop_signals()
     reload = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: reload.set())  # `aif workshop` changed hub roles
     try:
+        oidc = {"issuer_url": oidc_issuer, "client_id": oidc_client_id,
+                "client_secret_file": oidc_client_secret_file and str(Path(oidc_client_secret_file).resolve())}
+        if any(oidc.values()) and (auth or "oidc") != "oidc":
+            raise click.UsageError("--oidc-* options need --auth oidc")
         platform = Platform(state_dir, port=port, spawner=spawner, config_file=config_file,
-                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner))
+                            slurm_conf=slurm_conf or _mini_cluster_conf(spawner),
+                            auth=auth or ("oidc" if any(oidc.values()) else None), oidc=oidc)
         platform.reload_on_signal = True
         click.echo(f"Starting AI Factory Lab in {platform.state} ...")
         platform.start()  # stops what it started if interrupted or failing
     except _Stopped as sig:
         raise click.ClickException(f"{sig} during start; everything started was stopped") from None
+    federated = ""
+    if platform.settings.auth == "oidc":
+        federated = (f"  users sign in through the identity provider; redirect URI to register there:\n"
+                     f"            {platform.url}/hub/oauth_callback\n")
     try:
         click.echo(
             f"\nAI Factory Lab is up: {platform.url}/\n"
-            f"  MLflow:   {platform.mlflow_url}/\n"
+            f"  MLflow:   {platform.mlflow_url}/\n{federated}"
             f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
             "Ctrl-C stops it."
         )

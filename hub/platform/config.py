@@ -71,6 +71,19 @@ class AIFPlatform(Configurable):
             raise ConfigError(f"AIFPlatform.spawner: {proposal.value!r} is not one of 'local', 'slurm'")
         return proposal.value
 
+    auth = Unicode(
+        "local",
+        help="""How people log in: 'local' (accounts in <state_dir>/users.json, `aif user add`) or
+        'oidc' (the site's OpenID Connect provider, configured by c.AIFOIDCAuthenticator.*;
+        local accounts such as workshop seats keep working beside it). See docs/oidc.md.""",
+    ).tag(config=True)
+
+    @validate("auth")
+    def _check_auth(self, proposal):
+        if proposal.value not in ("local", "oidc"):
+            raise ConfigError(f"AIFPlatform.auth: {proposal.value!r} is not one of 'local', 'oidc'")
+        return proposal.value
+
     hub_db_url = Unicode(
         help="""SQLAlchemy URL of the hub database. Default: SQLite in the state directory.
         A site uses PostgreSQL: postgresql://hub:PASSWORD@dbhost/jupyterhub""",

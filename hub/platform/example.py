@@ -22,11 +22,12 @@ TEMPLATE = Environment(loader=FileSystemLoader(Path(__file__).with_name("templat
 def documented_classes():
     """The classes whose settings the example lists, in the order a reader meets them."""
     from ..auth import AIFLocalAuthenticator
+    from ..oidc import AIFOIDCAuthenticator
     from ..spawner.env import PlatformEnvMixin
     from ..spawner.slurm import AIFSlurmSpawner
     from .config import AIFPlatform, MLflowService
 
-    return [AIFPlatform, MLflowService, AIFLocalAuthenticator, PlatformEnvMixin, AIFSlurmSpawner]
+    return [AIFPlatform, MLflowService, AIFLocalAuthenticator, AIFOIDCAuthenticator, PlatformEnvMixin, AIFSlurmSpawner]
 
 
 def example_config():

@@ -93,9 +93,31 @@ def _storage(c, rt, state):
 
 
 def _auth(c, rt, state):
+    c.Authenticator.admin_users = {rt["admin_user"]}
+    if rt.get("auth") == "oidc":
+        # federated login beside the local accounts (admin, workshop seats); see hub/oidc.py
+        c.JupyterHub.authenticator_class = "aifactory.hub.oidc.AIFOIDCAuthenticator"
+        for key, value in oidc_defaults(rt["public_url"], state).items():
+            setattr(c.AIFOIDCAuthenticator, key, value)
+        return
     c.JupyterHub.authenticator_class = "aifactory.hub.auth.AIFLocalAuthenticator"
     c.AIFLocalAuthenticator.users_file = str(state / "users.json")
-    c.Authenticator.admin_users = {rt["admin_user"]}
+
+
+def oidc_defaults(public_url, state):
+    """What the platform decides for federated login: its URLs and where it keeps the files.
+
+    The site's config file sets the rest (issuer, client, claims, groups) and may override these.
+    """
+    hub = public_url.rstrip("/") + "/hub"
+    return {
+        "oauth_callback_url": f"{hub}/oauth_callback",  # the redirect URI to register with the provider
+        "post_logout_redirect_uri": f"{hub}/login",
+        "users_file": str(Path(state) / "users.json"),
+        "identities_file": str(Path(state) / "oidc-identities.json"),
+        "discovery_cache": str(Path(state) / "oidc-discovery.json"),
+        "refresh_pre_spawn": True,  # a user revoked at the provider cannot start a new session
+    }
 
 
 def _spawner(c, rt):

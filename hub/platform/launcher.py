@@ -23,7 +23,7 @@ from ...common.net import free_port, port_is_free
 from ...common.procutil import ProcessRecord, child_guard, stop_process_group
 from ..auth import UsersFile
 from . import hubconfig
-from .config import build_platform_config, make_platform_settings
+from .config import build_platform_config, load_config_file, make_platform_settings
 
 HUB_CONFIG = Path(__file__).with_name("jupyterhub_config.py")
 
@@ -64,10 +64,15 @@ class Platform:
     """The platform on one state directory."""
 
     def __init__(self, state_dir=None, port=None, spawner=None, config_file=None, extra_config="",
-                 slurm_conf=None, env=None):
+                 slurm_conf=None, env=None, auth=None, oidc=None):
         config, self.config_file = build_platform_config(
-            state_dir, config_file, overrides={"port": port, "spawner": spawner}
+            state_dir, config_file, overrides={"port": port, "spawner": spawner, "auth": auth}
         )
+        # command-line OIDC settings (aif up --oidc-*): AIFOIDCAuthenticator keys, winning over the file
+        self.oidc_overrides = {k: v for k, v in (oidc or {}).items() if v is not None}
+        for key, value in self.oidc_overrides.items():
+            setattr(config.AIFOIDCAuthenticator, key, value)
+        self.config = config
         self.settings, self.mlflow_settings = make_platform_settings(config)
         self.state = self.settings.state_path
         self.extra_config = extra_config
@@ -125,6 +130,34 @@ class Platform:
         self.admin_password_file.unlink(missing_ok=True)
         write_private(self.admin_password_file, password + "\n", exclusive=True)
 
+    @property
+    def crypt_key_file(self):
+        return self.state / "secrets" / "crypt_key"
+
+    def _check_auth(self):
+        """With --auth oidc: the provider and every login setting checked before anything starts."""
+        if self.settings.auth != "oidc":
+            return
+        from ..oidc import AIFOIDCAuthenticator
+
+        try:
+            authenticator = AIFOIDCAuthenticator(config=self._oidc_config())
+            authenticator.check_settings()
+        except AIFError as err:
+            raise PlatformError(f"federated login (--auth oidc): {err}") from None
+        # auth_state (the provider's tokens) is kept encrypted with this key (JUPYTERHUB_CRYPT_KEY)
+        secret_file(self.crypt_key_file)
+
+    def _oidc_config(self):
+        """The platform's OIDC defaults under the site's settings, as the hub will see them."""
+        from traitlets.config import Config
+
+        config = Config()
+        config.AIFOIDCAuthenticator.update(hubconfig.oidc_defaults(self.url, self.state))
+        effective = self._effective_config_file()  # the very lines the hub will load
+        config.merge(load_config_file(effective) if effective else self.config)
+        return config
+
     def _effective_config_file(self):
         """The site file plus any extra lines (tests), as the one file the hub loads."""
         parts = []
@@ -132,6 +165,9 @@ class Platform:
             parts.append(Path(self.config_file).read_text())
         if self.extra_config:
             parts.append(self.extra_config)
+        if self.oidc_overrides:  # last: the command line wins over the file, as for `aif up` itself
+            parts.append("\n".join(f"c.AIFOIDCAuthenticator.{key} = {value!r}"
+                                    for key, value in self.oidc_overrides.items()))
         if not parts:
             return None
         path = self.state / "run" / "effective_config.py"
@@ -180,6 +216,7 @@ class Platform:
             "admin_user": self.settings.admin_user,
             "admin_service_token": self.admin_service_token,
             "spawner": self.settings.spawner,
+            "auth": self.settings.auth,
             "workshop_service_port": ports["workshop_service_port"],
             "serve_service_port": ports["serve_service_port"],
             "slurm_conf": str(self.slurm_conf or ""),
@@ -258,6 +295,8 @@ class Platform:
             env.pop(envvars.CONFIG_FILE.name, None)
         if self.slurm_conf:
             env["SLURM_CONF"] = str(self.slurm_conf)
+        if self.settings.auth == "oidc":
+            env["JUPYTERHUB_CRYPT_KEY"] = self.crypt_key_file.read_text().strip()
         return env
 
     def _start_hub(self):
@@ -270,6 +309,7 @@ class Platform:
         self._check_not_running()
         self._check_port()
         chp = find_chp()
+        self._check_auth()  # a wrong issuer or secret: one error, nothing started
         self._ensure_admin_account()
         self._write_runtime(self._pick_ports())
         try:

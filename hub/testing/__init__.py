@@ -5,7 +5,8 @@
 - spawner_lab.py: `SpawnerLab`, a bare JupyterHub + proxy for comparing Slurm spawners;
 - cluster.py: `mini_cluster`, the Slurm mini-cluster with real Unix users, removed after;
 - ci.py: `require`, `require_root`, `require_binary` (in CI a missing prerequisite fails);
-- fixtures.py: the pytest fixtures `platform`, `platform_factory`, `port` (tests/conftest.py).
+- oidc_idp.py: `OIDCProvider`, a real OpenID Connect provider (django-oidc-provider) on loopback;
+- fixtures.py: the pytest fixtures `platform`, `platform_factory`, `port`, `oidc_provider` (tests/conftest.py).
 
 Not imported by anything the platform runs; shipped so that tests and perf/ share one copy.
 """

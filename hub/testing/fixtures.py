@@ -37,3 +37,21 @@ def platform_factory(tmp_path):
     yield make
     for p in started:
         p.stop()
+
+
+# --- a real OpenID Connect provider (django-oidc-provider, test extra) on loopback ----------------
+
+@pytest.fixture(scope="session")
+def oidc_db_template(tmp_path_factory):
+    """One migrated, empty SQLite file per session: later providers start in about a second."""
+    return tmp_path_factory.getbasetemp() / "oidc-db-template" / "db.sqlite3"
+
+
+@pytest.fixture
+def oidc_provider(tmp_path, oidc_db_template):
+    """A fresh provider per test (its own users, clients and signing key)."""
+    from .oidc_idp import OIDCProvider
+
+    with OIDCProvider(tmp_path, db_template=oidc_db_template,
+                      claim_scopes={"eduperson_entitlement": "eduperson_entitlement"}) as idp:
+        yield idp
