@@ -62,6 +62,7 @@ class PlatformEnvMixin(Configurable):
             "MLFLOW_EXPERIMENT_NAME": f"{self.user.name}/default",
             # companies' work stays on the site: no usage telemetry to MLflow's servers
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
         }
         if self.mlflow_async_logging:
             env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"
