@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "report": "aifactory.benchmarks.compare_cli:report",
     "images": "aifactory.images.cli:images",
     "workshop": "aifactory.hub.workshops.cli:workshop",
+    "project": "aifactory.hub.projects.cli:project",
 }
 
 
