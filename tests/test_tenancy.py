@@ -7,6 +7,7 @@ be refused by the operating system.
 """
 
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -15,14 +16,17 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from aifactory.hub.testing.ci import require_root
 from aifactory.hub.testing.kernel import run_in_kernel
-from aifactory.hub.testing.platform import start_server, unique_user
+from aifactory.hub.testing.platform import login, open_lab, start_server, unique_user
 from aifactory.hub.unix_accounts import ensure_unix_user, remove_unix_user
 
 SECRET = "company A's notebook"
@@ -268,3 +272,71 @@ def test_bad_project_requests_make_nothing(platform, project_people, bad, expect
     assert platform.api("GET", f"/groups/{name}").status_code == 404 or bad == "existing-group"
     with pytest.raises(KeyError):  # not even the members' Unix accounts were made
         pwd.getpwnam(a)
+
+
+# --- nothing phones home -------------------------------------------------------------------------
+
+class ConnectionWatch:
+    """Samples the sockets of every platform process (proxy, hub, services, MLflow, users'
+    servers and kernels) and keeps each remote address that is not loopback."""
+
+    def __init__(self, platform):
+        self.roots = [psutil.Process(platform.procs[n].pid) for n in ("hub", "proxy")]
+        self.outside, self.samples = set(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _processes(self):
+        for root in self.roots:
+            yield root
+            yield from root.children(recursive=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for proc in self._processes():
+                try:
+                    conns = proc.net_connections(kind="inet")
+                except psutil.Error:
+                    continue
+                for conn in conns:
+                    if conn.raddr and not ipaddress.ip_address(conn.raddr.ip.split("%")[0]).is_loopback:
+                        self.outside.add((proc.name(), conn.raddr.ip, conn.raddr.port))
+            self.samples += 1
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_no_connection_leaves_for_a_non_loopback_host_during_a_session(platform):
+    require_root()
+    name = unique_user("quiet")
+    try:
+        with ConnectionWatch(platform) as watch:
+            password = platform.add_user(name)
+            browser = login(platform.url, name, password)
+            open_lab(browser, platform.url, name)
+            token = platform.user_token(name)
+            server = f"{platform.url}/user/{name}"
+            out = run_in_kernel(server, token, "import mlflow\nwith mlflow.start_run():\n    mlflow.log_metric('x', 1)\nprint('logged')")
+            assert "logged" in out
+            page = browser.get(f"{platform.mlflow_url}/", timeout=60)
+            assert page.status_code == 200 and "mlflow.telemetry.info.alert.dismissed_v1" in page.text
+            telemetry = browser.get(f"{platform.mlflow_url}/ajax-api/3.0/mlflow/ui-telemetry", timeout=60)
+            assert telemetry.json()["disable_ui_telemetry"] is True
+            assistant = browser.get(f"{platform.mlflow_url}/ajax-api/3.0/mlflow/assistant/config", timeout=60)
+            assert assistant.status_code == 404 and "Assistant is off" in assistant.text
+            features = browser.get(f"{platform.mlflow_url}/ajax-api/3.0/mlflow/server-info", timeout=60).json()
+            assert features.get("features_enabled", {}).get("gateway") in (False, None), features
+            time.sleep(2)  # anything sent in the background after the last page
+        assert watch.samples > 10
+        assert watch.outside == set(), watch.outside
+    finally:
+        platform.api("DELETE", f"/users/{name}/server")
+        platform.api("DELETE", f"/users/{name}")
+        remove_unix_user(name)
