@@ -250,10 +250,24 @@ def test_project_members_share_a_space_nobody_else_can_list(platform, project_pe
     ("member", "no hub user"),
     ("root", "no such directory"),
     ("existing-group", "a Unix group of that name already exists"),
+    ("filesystem", "its filesystem cannot hold default ACLs"),  # ramfs: no ACLs, no xattrs
 ])
-def test_bad_project_requests_make_nothing(platform, project_people, bad, expected):
+def test_bad_project_requests_make_nothing(platform, project_people, bad, expected, tmp_path):
     (a, b, _), root = project_people
     name, members, where = unique_user("bad"), f"{a},{b}", root
+    if bad == "filesystem":
+        where = tmp_path / "ramfs"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "ramfs", "ramfs", str(where)], check=True)
+    try:
+        check_bad_project(platform, a, root, where, name, members, bad, expected)
+    finally:
+        if bad == "filesystem":
+            assert list(where.iterdir()) == []  # the probe was removed
+            subprocess.run(["umount", str(where)], check=True)
+
+
+def check_bad_project(platform, a, root, where, name, members, bad, expected):
     if bad == "name":
         name = "Acme Corp"
     elif bad == "member":
