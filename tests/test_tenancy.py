@@ -335,6 +335,8 @@ def test_no_connection_leaves_for_a_non_loopback_host_during_a_session(platform)
             password = platform.add_user(name)
             browser = login(platform.url, name, password)
             open_lab(browser, platform.url, name)
+            lab = browser.get(f"{platform.url}/user/{name}/lab", timeout=60).text
+            assert re.search(r'"news":\s*\{"disabled":\s*true\}', lab)  # JupyterLab fetches no news feed
             token = platform.user_token(name)
             server = f"{platform.url}/user/{name}"
             out = run_in_kernel(server, token, "import mlflow\nwith mlflow.start_run():\n    mlflow.log_metric('x', 1)\nprint('logged')")
