@@ -356,3 +356,37 @@ def test_no_connection_leaves_for_a_non_loopback_host_during_a_session(platform)
         platform.api("DELETE", f"/users/{name}/server")
         platform.api("DELETE", f"/users/{name}")
         remove_unix_user(name)
+
+
+# --- a root session is refused, naming why ---------------------------------------------------------
+
+def refused_start(platform, user):
+    response = platform.api("POST", f"/users/{user}/server")
+    deadline = time.monotonic() + 60
+    while response.status_code < 400 and time.monotonic() < deadline:  # a slow start reports later
+        model = platform.api("GET", f"/users/{user}").json()
+        if not model["pending"]:
+            break
+        time.sleep(0.5)
+    return response.text + platform.log_tail("hub", lines=40)
+
+
+def test_a_session_as_root_is_refused_naming_the_setting(platform, platform_factory):
+    require_root()
+    # the Unix superuser's own name: its account exists with uid 0
+    platform.add_user("root")
+    try:
+        said = refused_start(platform, "root")
+        assert "is the Unix superuser (uid 0): no session may run as root" in said
+        assert platform.api("GET", "/users/root").json()["server"] is None
+    finally:
+        platform.api("DELETE", "/users/root")
+        platform.users.remove("root")
+    # an operator who asks for sessions as the hub's own account, with the hub running as root
+    shared = platform_factory(extra_config="c.AIFLocalSpawner.run_as_hub_user = True")
+    name = unique_user("asroot")
+    shared.add_user(name)
+    said = refused_start(shared, name)
+    assert "AIFLocalSpawner.run_as_hub_user is True while the hub runs as root" in said
+    assert shared.api("GET", f"/users/{name}").json()["server"] is None
+    assert not [p for p in psutil.process_iter(["cmdline"]) if f"/user/{name}/" in " ".join(p.info["cmdline"] or [])]
