@@ -12,9 +12,11 @@ import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -206,9 +208,11 @@ def project_people(platform, tmp_path):
     people = [unique_user(p) for p in ("pma", "pmb", "pout")]
     for name in people:
         platform.add_user(name)
-    root = tmp_path / "projects"
-    root.mkdir()
+    # members must reach it: outside pytest's own folders, which are root's alone (0700)
+    root = Path(tempfile.mkdtemp(prefix="aif-projects-"))
+    root.chmod(0o755)
     yield people, root
+    shutil.rmtree(root, ignore_errors=True)
     for name in people:
         platform.api("DELETE", f"/users/{name}")
         remove_unix_user(name)
