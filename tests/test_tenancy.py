@@ -52,6 +52,12 @@ class Tenants:
 
     def __init__(self, platform):
         self.platform = platform
+        # the state directory's own mode must be what refuses B, not pytest's 0700 folders above
+        # it: let everyone traverse those (as / and /srv are at a site) while the module runs
+        self.opened = [(p, stat.S_IMODE(p.stat().st_mode)) for p in platform.state.parents
+                       if not p.stat().st_mode & 0o001]
+        for folder, mode in self.opened:
+            folder.chmod(mode | 0o001)
         self.a, self.b = unique_user("tena"), unique_user("tenb")
         for name in (self.a, self.b):
             platform.add_user(name)
@@ -66,6 +72,8 @@ class Tenants:
         return run_in_kernel(self.server[user], self.token[user], textwrap.dedent(code))
 
     def close(self):
+        for folder, mode in self.opened:
+            folder.chmod(mode)
         for name in (self.a, self.b):
             self.platform.api("DELETE", f"/users/{name}/server")
             self.platform.api("DELETE", f"/users/{name}")
