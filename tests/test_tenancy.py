@@ -113,7 +113,7 @@ def state_paths(platform):
     return {
         "read the MLflow database": ("read", sqlite),
         "read MLflow's auth database": ("read", rt["mlflow"]["auth_db_uri"].removeprefix("sqlite:///")),
-        "list the MLflow artifact folders": ("list", rt["mlflow"]["artifacts_destination"]),
+        "list the MLflow store folder (databases, artifacts)": ("list", os.path.dirname(sqlite)),
         "read the hub database": ("read", str(state / "hub" / "jupyterhub.sqlite")),
         "read the hub log": ("read", str(state / "logs" / "hub.log")),
         "list the logs": ("list", str(state / "logs")),
@@ -233,6 +233,7 @@ def as_user(user, script):
 
 def test_project_members_share_a_space_nobody_else_can_list(platform, project_people):
     (a, b, outsider), root = project_people
+    ensure_unix_user(outsider)  # a user of the platform, as after their first session
     name = unique_user("acme")
     made = aif(platform, "project", "create", name, "--members", f"{a},{b}", "--projects-root", str(root))
     try:
