@@ -1,7 +1,12 @@
-"""Files only their owner may read: secrets, passwords, seat lists, runtime.json (mode 0600)."""
+"""Files only their owner may read: secrets, passwords, seat lists, runtime.json (mode 0600),
+and the directories that hold them (0700), each created that way rather than tightened later."""
 
 import os
 import secrets
+from pathlib import Path
+
+#: umask of the platform's own processes (hub, proxy, MLflow): what they create is theirs alone
+PRIVATE_UMASK = 0o077
 
 
 def write_private(path, text, exclusive=False):
@@ -39,3 +44,29 @@ def secret_file(path, nbytes=32):
         pass
     with open(path) as f:
         return f.read().strip()
+
+
+def private_dir(path):
+    """`path` and its missing parents, each made with mode 0700 (mkdir's mode, never a chmod
+    afterwards, so there is no moment at which another account could open it)."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    return path if not missing else missing[0]
+
+
+def open_private_log(path):
+    """`path` opened for appending (binary), created 0600."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
+def private_process():
+    """preexec_fn: the child creates 0600 files and 0700 directories."""
+    os.umask(PRIVATE_UMASK)

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "images": "aifactory.images.cli:images",
     "workshop": "aifactory.hub.workshops.cli:workshop",
     "serve": "aifactory.hub.serving.cli:serve",
+    "project": "aifactory.hub.projects.cli:project",
 }
 
 

@@ -1,8 +1,10 @@
-"""Local Unix accounts for people whose sessions run as Slurm jobs (mini-cluster, workshop seats).
+"""Local Unix accounts of hub users: sessions run as them (local spawner as root, Slurm jobs).
 
 Jobs run as the user (`runuser -u NAME`), so every hub user who spawns needs an account on the
 nodes, and a hub user name must be a valid Unix name (`check_name`, used by the users file too).
-A site with a directory service (LDAP, IdM) provisions the accounts there instead.
+Users are companies' staff who must not read each other's files: every home made here is 0700
+from the start. A site with a directory service (LDAP, IdM) provisions the accounts and sets
+the homes' modes there instead.
 """
 
 import grp
@@ -14,6 +16,8 @@ from ..common.errors import AIFError
 
 #: a portable Unix user or group name (useradd's default rule), at most 32 characters
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: homes are made private at creation (useradd's HOME_MODE), not tightened afterwards
+HOME_MODE = "0700"
 
 
 class AccountError(AIFError):
@@ -35,20 +39,42 @@ def _run(cmd):
 
 
 def ensure_unix_user(name, groups=()):
-    """A Unix user with a home directory (idempotent), in the given Unix groups."""
+    """A Unix user with a private (0700) home directory (idempotent), in the given Unix groups.
+
+    An existing account is used as it is (a site's own policy for its homes stays), but never
+    one with uid 0: a session must not run as root.
+    """
     check_name(name)
     try:
         pwd.getpwnam(name)
     except KeyError:
-        _run(["useradd", "--create-home", "--shell", "/bin/bash", name])
+        _run(["useradd", "--create-home", "--key", f"HOME_MODE={HOME_MODE}", "--shell", "/bin/bash", name])
     for group in groups:
-        check_name(group, "group name")
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            _run(["groupadd", group])
+        ensure_unix_group(group)
         _run(["usermod", "--append", "--groups", group, name])
-    return pwd.getpwnam(name)
+    account = pwd.getpwnam(name)
+    if account.pw_uid == 0:
+        raise AccountError(f"user {name!r} is the Unix superuser (uid 0): no session may run as root")
+    return account
+
+
+def ensure_unix_group(name):
+    """A Unix group (idempotent); its entry."""
+    check_name(name, "group name")
+    try:
+        return grp.getgrnam(name)
+    except KeyError:
+        _run(["groupadd", name])
+        return grp.getgrnam(name)
+
+
+def remove_unix_group(name):
+    """Delete a Unix group; nothing to do if it does not exist."""
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return
+    subprocess.run(["groupdel", name], capture_output=True, timeout=60)
 
 
 def remove_unix_user(name):

@@ -172,13 +172,13 @@ def test_the_hub_starts_every_managed_service_guarded(tmp_path, monkeypatch):
           "artifacts_destination": str(tmp_path), "workers": 1}
     runtime = {"state_dir": str(tmp_path), "public_url": "http://127.0.0.1:1", "hub_port": 3, "proxy_api_port": 4,
                "hub_db_url": "sqlite://", "admin_user": "admin", "admin_service_token": "t", "spawner": "slurm",
-               "workshop_service_port": 5, "mlflow": ml}
+               "workshop_service_port": 5, "serve_service_port": 6, "mlflow": ml}
     (tmp_path / "runtime.json").write_text(json.dumps(runtime))
     monkeypatch.setenv(envvars.RUNTIME.name, str(tmp_path / "runtime.json"))
     c = Config()
     hubconfig.configure_hub(c)
     managed = {s["name"]: s for s in c.JupyterHub.services if s.get("command")}
-    assert set(managed) == {"mlflow", "workshops", "idle-culler"}
+    assert set(managed) == {"mlflow", "serve", "workshops", "idle-culler"}
     for service in managed.values():
         assert service["command"][:3] == [sys.executable, "-m", "aifactory.common.guarded"]
         assert service["environment"][envvars.PARENT_PID.name] == str(os.getpid())

@@ -151,6 +151,32 @@ def test_spawn_form_offers_only_what_the_group_allows_and_validates_the_same_way
     assert jobs_of(cluster, BOB) == []
 
 
+def test_a_refused_request_is_not_remembered_and_sessions_keep_files_private(hub, cluster):
+    # JupyterHub saves a request's user_options before the spawner validates them; a refused
+    # one must not become the default of the next (empty) start
+    assert spawn(hub, BOB, gpus=3).status_code == 400
+    started = hub.api("POST", f"/users/{BOB}/server", timeout=60)
+    assert started.status_code in (201, 202), started.text
+    try:
+        hub.wait_ready(BOB)
+        env = server_env(BOB)
+        assert env["AIF_GPUS"] != "" and len(env["AIF_GPUS"].split(",")) == 1  # gpu-1's default: 1 GPU
+        assert process_umask(BOB) == 0o077  # the batch script's umask, for the session and its jobs
+    finally:
+        hub.api("DELETE", f"/users/{BOB}/server", timeout=60)
+        deadline = time.monotonic() + 60
+        while jobs_of(cluster, BOB) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def process_umask(user):
+    for proc in psutil.process_iter(["username", "cmdline"]):
+        if proc.info["username"] == user and "jupyterhub-singleuser" in " ".join(proc.info["cmdline"] or []):
+            status = open(f"/proc/{proc.pid}/status").read()
+            return int(re.search(r"^Umask:\s+(\d+)", status, re.M).group(1), 8)
+    raise AssertionError(f"no jupyterhub-singleuser process of {user}")
+
+
 def test_server_token_may_only_report_its_port(hub):
     headers = {"Authorization": f"token {hub.tokens[ALICE]}"}
     response = requests.post(f"{hub.url}/hub/api/batchspawner", json={"exec_prefix": "true;"}, headers=headers)

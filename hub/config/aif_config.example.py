@@ -42,6 +42,12 @@
 #  Default: 8000
 # c.AIFPlatform.port = 8000
 
+## Directory holding companies' project spaces (`aif project create`): one setgid directory per
+#  project, mode 2770. Its filesystem must hold setgid directories and default ACLs; on a
+#  cluster, a shared filesystem the compute nodes mount at the same path.
+#  Default: '/srv/aifactory/projects'
+# c.AIFPlatform.projects_root = '/srv/aifactory/projects'
+
 ## URL users and their sessions reach the platform at. Default: http://{ip}:{port}. At a site,
 #  the proxy's public https URL.
 #  Default: computed when the platform starts (see above)
@@ -66,6 +72,12 @@
 #  <state_dir>/mlflow/artifacts.
 #  Default: ''
 # c.MLflowService.artifacts_destination = ''
+
+## Let users reach MLflow's AI assistant. Off by default: it sends a company's runs and traces
+#  to an external model provider and runs tools on the MLflow server's host, which takes every
+#  request through the platform's service as a local one.
+#  Default: False
+# c.MLflowService.assistant = False
 
 ## Database of MLflow's auth app (users and permissions). Default: SQLite next to the backend
 #  store; at a site, PostgreSQL like the backend store.

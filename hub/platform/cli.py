@@ -1,5 +1,7 @@
 """`aif up`, `aif status`, `aif config show|generate`, `aif user ...`."""
 
+import os
+import pwd
 import signal
 import threading
 from pathlib import Path
@@ -61,6 +63,7 @@ def up(state_dir, config_file, port, spawner, slurm_conf, auth, oidc_issuer, oid
             f"\nAI Factory Lab is up: {platform.url}/\n"
             f"  MLflow:   {platform.mlflow_url}/\n{federated}"
             f"  log in as '{platform.settings.admin_user}', password in {platform.admin_password_file}\n"
+            f"{_sessions_line(platform)}"
             "Ctrl-C stops it."
         )
         while not stop.wait(1):
@@ -87,6 +90,17 @@ def down(state_dir, config_file):
         click.echo(f"stopped {', '.join(map(str, stopped))} on {platform.state}")
     else:
         click.echo(f"nothing of the platform on {platform.state} was running")
+
+
+def _sessions_line(platform):
+    """Whose account users' sessions run as: said at start, never silently shared."""
+    if platform.settings.spawner != "local":
+        return ""
+    if os.geteuid() == 0:
+        return "  sessions: each user's own Unix account (made at first start, home 0700)\n"
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    return (f"  single-user: the hub runs as '{me}', not root, so sessions are {me}'s own processes and only\n"
+            f"  '{platform.settings.admin_user}' may start one (start it as root for several users)\n")
 
 
 def _restart_hub(platform):

@@ -99,6 +99,13 @@ class AIFPlatform(Configurable):
         written once to <state_dir>/admin-password (mode 0600).""",
     ).tag(config=True)
 
+    projects_root = Unicode(
+        "/srv/aifactory/projects",
+        help="""Directory holding companies' project spaces (`aif project create`): one setgid
+        directory per project, mode 2770. Its filesystem must hold setgid directories and default
+        ACLs; on a cluster, a shared filesystem the compute nodes mount at the same path.""",
+    ).tag(config=True)
+
     keep_servers_on_stop = Bool(
         False,
         help="""Leave users' servers running when the platform stops (a site running Slurm
@@ -130,6 +137,13 @@ class MLflowService(Configurable):
 
     workers = Integer(
         2, help="Number of MLflow server worker processes."
+    ).tag(config=True)
+
+    assistant = Bool(
+        False,
+        help="""Let users reach MLflow's AI assistant. Off by default: it sends a company's
+        runs and traces to an external model provider and runs tools on the MLflow server's
+        host, which takes every request through the platform's service as a local one.""",
     ).tag(config=True)
 
     share_group = Unicode(

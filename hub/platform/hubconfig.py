@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ...common import envvars
+from ...common.files import PRIVATE_UMASK
 from .config import ConfigError
 
 MLFLOW_SERVICE = "mlflow"
@@ -37,6 +38,9 @@ def site_config_file():
 
 
 def configure_hub(c):
+    # the hub's database, cookie secret and its services' stores are the platform's alone, also
+    # when a site starts the hub without `aif up`
+    os.umask(PRIVATE_UMASK)
     rt = runtime()
     state = Path(rt["state_dir"])
     _network(c, rt)
@@ -125,6 +129,10 @@ def _spawner(c, rt):
         c.JupyterHub.spawner_class = "aif-slurm"
     else:
         c.JupyterHub.spawner_class = "aif-local"
+        if os.geteuid() != 0:
+            # the hub cannot switch accounts: sessions are the processes of the person who ran
+            # `aif up`, so only that person (the admin account) may start one
+            c.AIFLocalSpawner.single_user = rt["admin_user"]
     c.PlatformEnvMixin.mlflow_tracking_uri = rt["public_url"].rstrip("/") + f"/services/{MLFLOW_SERVICE}"
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 300
@@ -161,6 +169,7 @@ def _services_and_roles(c, rt, state):
                 "--artifacts-destination", ml["artifacts_destination"],
                 "--mlflow-port", str(ml["server_port"]),
                 "--workers", str(ml["workers"]),
+                *(["--assistant"] if ml.get("assistant") else []),
             ],
         },
         {"name": ADMIN_SERVICE, "api_token": rt["admin_service_token"]},

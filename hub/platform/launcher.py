@@ -18,7 +18,7 @@ import requests
 
 from ...common import envvars
 from ...common.errors import AIFError
-from ...common.files import replace_private, secret_file, write_private
+from ...common.files import open_private_log, private_dir, private_process, replace_private, secret_file, write_private
 from ...common.net import free_port, port_is_free
 from ...common.procutil import ProcessRecord, child_guard, stop_process_group
 from ..auth import UsersFile
@@ -58,6 +58,18 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def _platform_child():
+    """preexec_fn of the proxy and the hub: private files (the hub's database, MLflow's stores and
+    artifacts, services' logs are made 0600 by them and their children), and no orphan."""
+    guard = child_guard()  # checked against this launcher's pid, taken here, before the fork
+
+    def preexec():
+        private_process()
+        guard()
+
+    return preexec
 
 
 class Platform:
@@ -104,13 +116,19 @@ class Platform:
         return UsersFile(self.state / "users.json")
 
     def _prepare_state(self):
+        """The state directory, the platform's account's alone: users reach runs and artifacts
+        only through the MLflow service, never the databases or the artifact folders."""
         try:
-            for sub in ("hub", "mlflow", "users", "logs", "run"):
-                (self.state / sub).mkdir(parents=True, exist_ok=True)
-            (self.state / "secrets").mkdir(mode=0o700, exist_ok=True)
-            probe = self.state / "run" / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            existed = self.state.is_dir()
+            private_dir(self.state)
+            if existed and self.state.stat().st_mode & 0o077:
+                # a state directory from a release before private state: closing its top closes
+                # everything under it (the files below were 0644 then)
+                self.state.chmod(0o700)
+            for sub in ("hub", "mlflow", "users", "logs", "run", "secrets"):
+                private_dir(self.state / sub)
+            write_private(self.state / "run" / ".write-test", "ok")
+            (self.state / "run" / ".write-test").unlink()
         except OSError as err:
             raise PlatformError(
                 f"state directory {self.state} is not writable ({err.strerror}): "
@@ -171,7 +189,7 @@ class Platform:
         if not parts:
             return None
         path = self.state / "run" / "effective_config.py"
-        path.write_text("\n\n".join(parts) + "\n")
+        replace_private(path, "\n\n".join(parts) + "\n")
         return path
 
     # --- ports ---------------------------------------------------------------------------------
@@ -227,6 +245,7 @@ class Platform:
                 "auth_db_uri": ml.auth_db_uri or f"sqlite:///{mlflow_dir / 'auth.sqlite'}",
                 "artifacts_destination": ml.artifacts_destination or str(mlflow_dir / "artifacts"),
                 "workers": ml.workers,
+                "assistant": ml.assistant,
             },
         }
         replace_private(self._runtime_path(), json.dumps(self.runtime, indent=1))
@@ -262,9 +281,9 @@ class Platform:
             )
 
     def _spawn(self, name, cmd, env, cwd):
-        log = open(self.state / "logs" / f"{name}.log", "ab")
+        log = open_private_log(self.state / "logs" / f"{name}.log")
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_guard())
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_platform_child())
         log.close()
         self.procs[name] = proc
         self.record.add(name, proc.pid, proc.pid)
@@ -498,7 +517,7 @@ class Platform:
         info = {"url": self.url, "pids": {n: p.pid for n, p in self.procs.items()}, "started": time.time()}
         if self.reload_on_signal:
             info["launcher"] = os.getpid()  # takes SIGUSR1: restart the hub (see reload_hub)
-        self._platform_file().write_text(json.dumps(info, indent=1))
+        replace_private(self._platform_file(), json.dumps(info, indent=1))
 
     def read_platform_file(self):
         try:

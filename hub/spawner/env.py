@@ -13,6 +13,14 @@ from traitlets.config import Configurable
 from ...common.envvars import MLFLOW_BUFFERED_LOGGING
 
 
+#: JupyterLab fetches no news feed and checks no versions on the internet (its UI defaults are
+#: off too, labconfig/default_setting_overrides.json, but a user could turn those on)
+NO_PHONING_HOME_ARGS = [
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+]
+
+
 class PlatformEnvMixin(Configurable):
     """Adds the MLflow tracking settings of the platform to the server's environment."""
 
@@ -44,6 +52,10 @@ class PlatformEnvMixin(Configurable):
         sends large batches. Reads and the run's end see every point logged before them.""",
     ).tag(config=True)
 
+    def get_args(self):
+        # traitlets config from a config.d folder does not reach LabApp; the command line does
+        return [*super().get_args(), *NO_PHONING_HOME_ARGS]
+
     def get_env(self):
         env = super().get_env()
         if self.mlflow_tracking_uri:
@@ -62,6 +74,7 @@ class PlatformEnvMixin(Configurable):
             "MLFLOW_EXPERIMENT_NAME": f"{self.user.name}/default",
             # companies' work stays on the site: no usage telemetry to MLflow's servers
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
         }
         if self.mlflow_async_logging:
             env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "true"

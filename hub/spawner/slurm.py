@@ -30,13 +30,13 @@ from pathlib import Path
 
 from batchspawner import SlurmSpawner
 from jinja2 import Environment, FileSystemLoader, Template
-from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Float, Integer, List, Unicode, default, observe, validate
 
 from ...common import envvars
 from ..workshops.record import WorkshopBook
 from . import api
 from .env import PlatformEnvMixin
+from .failures import spawn_failure
 from .poller import SlurmPoller
 from .profiles import ENV_NAME, IMAGE_PATH, GroupLimit, OptionsError, Profile, allowances, resolve_request
 
@@ -102,13 +102,6 @@ async def user_can_execute(username, path):
     """`path` is executable by `username` (every parent directory traversable), tested as that user."""
     probe = await asyncio.create_subprocess_exec("runuser", "-u", username, "--", "test", "-x", str(path))
     return await probe.wait() == 0
-
-
-def spawn_failure(message, reason, status_code=500):
-    """A SpawnException whose message is what the user reads on the spawn page and in progress."""
-    err = SpawnException(message, reason=reason, status_code=status_code)
-    err.jupyterhub_message = message  # else JupyterHub shows "HTTP 500: reason (message)"
-    return err
 
 
 DEFAULT_PROFILES = [
@@ -360,6 +353,7 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         try:
             request = resolve_request(self.user_allowances(), user_options)
         except OptionsError as err:
+            self._forget_refused_options()
             raise spawn_failure(f"Invalid resource request: {err}", "invalid user_options", 400) from err
         self.session_request = request
         self.req_partition = request.partition
@@ -370,6 +364,15 @@ class AIFSlurmSpawner(PlatformEnvMixin, SlurmSpawner):
         self.req_account = request.account
         self.req_qos = request.qos
         self.req_reservation = request.reservation
+
+    def _forget_refused_options(self):
+        """JupyterHub saved the request as the user's options before we saw it: a refused one must
+        not come back as the default of the next start (an empty POST would be refused again)."""
+        self.user_options = {}
+        if self.orm_spawner is not None:
+            self.orm_spawner.user_options = {}
+            if self.db is not None:
+                self.db.commit()
 
     # ---- environment and batch script --------------------------------------------------------
     def get_env(self):

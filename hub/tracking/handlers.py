@@ -25,6 +25,26 @@ HOP_BY_HOP = {
 }
 
 
+#: MLflow's assistant runs tools on the server's host and takes every request through this
+#: service as a local one: off unless the operator turns it on (MLflowService.assistant)
+ASSISTANT_PATH = "/mlflow/assistant/"
+
+#: put into the UI's page before the app starts: the UI's own settings say telemetry off and
+#: its notice dismissed (MLflow keeps both in localStorage), and the assistant's entry is hidden
+UI_PRIVACY_SCRIPT = b"""<script>
+try {
+  localStorage.setItem("mlflow.settings.telemetry.enabled_v1", "false");
+  localStorage.setItem("mlflow.telemetry.info.alert.dismissed_v1", "true");
+  localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+} catch (e) {}
+new MutationObserver(function () {
+  document.querySelectorAll('[role="button"]').forEach(function (el) {
+    if (/^Assistant\s*Beta$/.test(el.textContent.trim()) && el.parentElement) el.parentElement.style.display = "none";
+  });
+}).observe(document.documentElement, {childList: true, subtree: true});
+</script>"""
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def backends(self) -> Backends:
@@ -153,6 +173,8 @@ class ProxyHandler(BaseHandler):
         if user is None:
             return
         self.require_ready()
+        if ASSISTANT_PATH in self.request.path and not self.settings["assistant"]:
+            raise MLflowError(404, "ENDPOINT_NOT_FOUND", "the MLflow Assistant is off on this platform")
         name = user["name"]
         await self.backends.ensure_identity(name)
         body = self.request.body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None
@@ -181,6 +203,10 @@ class ProxyHandler(BaseHandler):
         headers.update(self.backends.mlflow_headers(name))
         self._headers_sent = False
         self._error_body = None
+        self._page = None
+        if self.request.method == "GET" and self.request.path == self.settings["ui_index"]:
+            self._page = []  # the UI's page, held back to take UI_PRIVACY_SCRIPT
+            headers.pop("Accept-Encoding", None)
         request = HTTPRequest(
             upstream, method=self.request.method, headers=headers, body=body,
             allow_nonstandard_methods=True, follow_redirects=False, decompress_response=False,
@@ -196,6 +222,8 @@ class ProxyHandler(BaseHandler):
             if self.backends.store_full():
                 raise MLflowError(507, "RESOURCE_EXHAUSTED", STORE_FULL_MESSAGE)
             self.write(b"".join(self._error_body))
+        elif self._page is not None:
+            self.write(b"".join(self._page).replace(b"<head>", b"<head>" + UI_PRIVACY_SCRIPT, 1))
         self.finish()
 
     def _on_header(self, line):
@@ -215,6 +243,9 @@ class ProxyHandler(BaseHandler):
         if self._error_body is not None:
             self._error_body.append(chunk)
             return
+        if self._page is not None:
+            self._page.append(chunk)
+            return
         self.write(chunk)
         self.flush()
 
@@ -222,7 +253,7 @@ class ProxyHandler(BaseHandler):
 
 
 
-def make_app(prefix, backends):
+def make_app(prefix, backends, assistant=False):
     prefix = prefix.rstrip("/") + "/"
     return web.Application(
         [
@@ -232,6 +263,8 @@ def make_app(prefix, backends):
             (prefix.rstrip("/") + "(/.*)?", ProxyHandler),
         ],
         backends=backends,
+        assistant=assistant,
+        ui_index=prefix,
         cookie_secret=os.urandom(32),
         login_url=url_path_join(prefix, "oauth_callback"),  # replaced by HubOAuth's login redirect
     )

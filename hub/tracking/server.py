@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ...common import envvars
-from ...common.files import secret_file
+from ...common.files import open_private_log, secret_file, write_private
 from ...common.procutil import ProcessRecord, child_guard
 from .auth_plugin import SERVICE_ADMIN
 
@@ -48,13 +48,14 @@ def prepare_sqlite(uri):
 
 
 def write_auth_config(path, auth_db_uri):
-    path.write_text(
+    write_private(
+        path,
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = {auth_db_uri}\n"
         f"admin_username = {SERVICE_ADMIN}\n"
         f"authorization_function = {AUTH_FUNCTION}\n"
-        "grant_default_workspace_access = false\n"
+        "grant_default_workspace_access = false\n",
     )
 
 
@@ -98,7 +99,12 @@ def start_mlflow_server(args, port, secret):
         # must cover a worker's request threads (40): with MLflow's 10, 40 users logging at once
         # waited 30 s for a connection and got "QueuePool limit ... reached" (make faults)
         "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": env.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "40"),
+        # nothing of a company's work leaves the site, and nothing suggests it might: no usage
+        # telemetry (server and UI), no AI gateway, no assistant reachable from users' browsers
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_ENABLE_AI_GATEWAY": env.get("MLFLOW_ENABLE_AI_GATEWAY", "false"),
+        "MLFLOW_ENABLE_REMOTE_ASSISTANT": "false",
         # a log-batch in one INSERT (store.py): sessions send their points 1,000 at a time
         envvars.MLFLOW_BULK_INGEST.name: env.get(envvars.MLFLOW_BULK_INGEST.name, "1"),
         # the GenAI job runner (huey consumers) costs four processes and is not used here
@@ -115,7 +121,7 @@ def start_mlflow_server(args, port, secret):
         "--static-prefix", args.prefix.rstrip("/"),
         "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]
-    log_file = open(state / "mlflow-server.log", "ab")
+    log_file = open_private_log(state / "mlflow-server.log")
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=child_guard())
     record = ProcessRecord.from_env()

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from tornado.ioloop import IOLoop
 
+from ...common.files import PRIVATE_UMASK
 from ...common.procutil import stop_process_group
 from .backends import Backends
 from .handlers import make_app
@@ -42,13 +43,15 @@ def parse_args(argv):
     parser.add_argument("--artifacts-destination", required=True)
     parser.add_argument("--mlflow-port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--assistant", action="store_true",
+                        help="let users reach MLflow's assistant (it runs tools on this host)")
     parser.add_argument("--prefix", default=os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/mlflow/"))
     return parser.parse_args(argv)
 
 
 async def serve(args):
-    # the hub runs this module through common/guarded.py, which armed the death-of-parent guard
-    # before this module's imports: armed here, it missed a hub that died during them
+from ...common.files import PRIVATE_UMASK
+from ...common.procutil import stop_process_group
     secret = secrets.token_urlsafe(32)
     proc = start_mlflow_server(args, args.mlflow_port, secret)
     stop = asyncio.Event()
@@ -64,7 +67,7 @@ async def serve(args):
         )
         # listen at once (the hub gives a managed service only seconds to answer); requests
         # get 503 until the MLflow server, which takes far longer to start, is ready
-        app = make_app(args.prefix, backends)
+        app = make_app(args.prefix, backends, assistant=args.assistant)
         bind = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:5000"))
         server = app.listen(bind.port, bind.hostname, max_body_size=4 * 1024**3, max_buffer_size=4 * 1024**3)
         await wait_for_mlflow(backends.client, backends.mlflow_base, proc)

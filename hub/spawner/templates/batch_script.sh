@@ -14,6 +14,9 @@
 {% endif %}{% if options %}#SBATCH {{options}}
 {% endif %}
 set -euo pipefail
+# what the session and its benchmark jobs create is the user's alone (project spaces share
+# through their default ACL, see `aif project create`)
+umask 077
 # what the session knows about its own job (shown by the session-info extension)
 export {{aif.SLURM_JOB_ID}}="$SLURM_JOB_ID" {{aif.SLURM_NODE}}="$SLURMD_NODENAME"
 export {{aif.GPUS}}="${CUDA_VISIBLE_DEVICES:-}"

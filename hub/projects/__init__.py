@@ -1,0 +1,1 @@
+"""Company project spaces: a hub group marked as a project, with a shared setgid directory."""
