@@ -50,8 +50,10 @@ def parse_args(argv):
 
 
 async def serve(args):
-from ...common.files import PRIVATE_UMASK
-from ...common.procutil import stop_process_group
+    # the hub runs this module through common/guarded.py, which armed the death-of-parent guard
+    # before this module's imports: armed here, it missed a hub that died during them
+    os.umask(PRIVATE_UMASK)  # the stores, artifacts and logs are the platform's account's alone
+
     secret = secrets.token_urlsafe(32)
     proc = start_mlflow_server(args, args.mlflow_port, secret)
     stop = asyncio.Event()
