@@ -176,7 +176,11 @@ def test_the_hub_starts_every_managed_service_guarded(tmp_path, monkeypatch):
     (tmp_path / "runtime.json").write_text(json.dumps(runtime))
     monkeypatch.setenv(envvars.RUNTIME.name, str(tmp_path / "runtime.json"))
     c = Config()
-    hubconfig.configure_hub(c)
+    umask = os.umask(0o022)
+    try:
+        hubconfig.configure_hub(c)  # sets the hub process's private umask: not this test process's
+    finally:
+        os.umask(umask)
     managed = {s["name"]: s for s in c.JupyterHub.services if s.get("command")}
     assert set(managed) == {"mlflow", "serve", "workshops", "idle-culler"}
     for service in managed.values():

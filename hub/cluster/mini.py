@@ -194,6 +194,10 @@ class MiniCluster:
             f"NodeName={self.node_name} Name=gpu Type={self.spec.gpu_type} "
             f"File={self.state_dir}/dev/gpu[0-{self.spec.gpus - 1}]\n"
         )
+        # every job user's sbatch/srun reads them (no secret: munge's key is separate), whatever
+        # umask the creating process has (the platform's own processes run with 077)
+        for conf in (self.slurm_conf, self.slurm_conf.parent / "gres.conf"):
+            conf.chmod(0o644)
         self._write_munge_key()
 
     def _check_parents_traversable(self):
