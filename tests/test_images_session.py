@@ -5,18 +5,15 @@ The hub reaches the session through the proxy, and the example notebook
 torch, onnxruntime, mlflow and aifactory.extensions.
 """
 
-import json
-import time
-import uuid
+import asyncio
 from importlib import resources
 
 import nbformat
 import psutil
 import pytest
 import requests
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
+from aifactory.hub.testing.kernel import execute
 from aifactory.hub.testing.spawner_lab import SpawnerLab
 from aifactory.images import spawner_environments
 from aifactory.hub.testing.cluster import mini_cluster
@@ -98,40 +95,12 @@ async def test_session_runs_inside_the_venv_and_the_example_notebook_imports_eve
     assert kernel.status_code == 201, kernel.text
     notebook = nbformat.reads((resources.files("aifactory.images") / "notebooks" / "environment-check.ipynb")
                               .read_text(), as_version=4)
-    ws_url = f"{hub.url.replace('http', 'ws', 1)}/user/{USER}/api/kernels/{kernel.json()['id']}/channels"
-    connection = await websocket_connect(HTTPRequest(ws_url, headers=headers, connect_timeout=30))
-    try:
-        output = ""
-        for cell in notebook.cells:
-            if cell.cell_type == "code":
-                output += await execute(connection, cell.source)
-    finally:
-        connection.close()
+    server_url, kernel_id = f"{hub.url}/user/{USER}", kernel.json()["id"]
+    output = ""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":  # waits for the kernel's idle status: outputs can trail the reply
+            output += await asyncio.wait_for(execute(server_url, kernel_id, headers, cell.source), 180)
     assert f"environment {spec.name} {spec.version}" in output, output
     assert f"python {path}" in output and f"torch {spec.packages['torch']}" in output, output
     assert f"onnxruntime {spec.packages['onnxruntime']}" in output and f"mlflow {spec.packages['mlflow']}" in output
 
-
-async def execute(connection, code, timeout=180):
-    """Run `code` in the kernel over the Jupyter messaging protocol; return its stdout, fail on an error."""
-    msg_id = uuid.uuid4().hex
-    await connection.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": USER, "session": uuid.uuid4().hex,
-                   "version": "5.3", "date": ""},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    stdout, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = json.loads(await connection.read_message())
-        if message.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind, content = message["msg_type"], message["content"]
-        if kind == "stream" and content["name"] == "stdout":
-            stdout += content["text"]
-        elif kind == "error":
-            raise AssertionError(f"cell failed: {content['ename']}: {content['evalue']}\n{code}")
-        elif kind == "execute_reply":
-            return stdout
-    raise AssertionError(f"no execute_reply within {timeout}s for:\n{code}")
