@@ -185,12 +185,26 @@ def workshop_start(r):
                 target=met(r["failed"] == 0 and r["ready"] == seats, "every seat ready"))]
 
 
+def serve_overhead(r):
+    rows = []
+    for streams in (1, 16):
+        c = r[f"c{streams}"]
+        rows.append(row(f"served model: TTFT p50 through the hub vs straight to the engine, {streams} stream(s)",
+                        f"hub {num(c['hub']['ttft_p50_ms'])} ms ({c['ttft_added_ms_hub']:+.2f} ms)",
+                        f"direct {num(c['direct']['ttft_p50_ms'])} ms", num(c["ttft_ratio_hub_vs_direct"], 3),
+                        met(c["ttft_ratio_hub_vs_direct"] <= 1.05, "<= 1.05")))
+        rows.append(row(f"served model: TPOT p50 through the hub, {streams} stream(s)",
+                        f"hub {num(c['hub']['tpot_p50_ms'], 3)} ms", f"direct {num(c['direct']['tpot_p50_ms'], 3)} ms",
+                        num(c["tpot_ratio_hub_vs_direct"], 3), met(c["tpot_ratio_hub_vs_direct"] <= 1.05, "no added TPOT (<= 1.05)")))
+    return rows
+
+
 EXTRACTORS = {
     "platform": platform, "login_scale": login_scale, "spawner": spawner, "bench_overhead": bench_overhead,
     "bench_outputs": bench_outputs,
     "bench_fidelity": bench_fidelity, "bench_quick_profile": bench_quick_profile, "bench_gpu": bench_gpu,
     "compare_runs": compare_runs, "workshop_start": workshop_start, "genai_overhead": genai_overhead,
-    "genai_quick_profile": genai_quick_profile,
+    "genai_quick_profile": genai_quick_profile, "serve_overhead": serve_overhead,
 }
 
 

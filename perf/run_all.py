@@ -60,6 +60,8 @@ MEASUREMENTS = [
     # issue 9: "`aif compare` over 200 runs": 50 benchmarks are 200 MLflow runs (parent + 3 children each)
     Measurement("compare_runs", "compare_runs.py", ("--benchmarks", "50", "--repeat", "3"), 45, 240),
     Measurement("workshop_start", "workshop_start.py", (), 150, 300),  # the integrator's; run when present
+    # issue 19: an endpoint through the hub's proxy and serve service vs straight to the engine
+    Measurement("serve_overhead", "serve_overhead.py", ("--rounds", "2", "--requests", "24"), 150, 300),
 ]
 
 

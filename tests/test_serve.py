@@ -198,6 +198,39 @@ def test_a_body_the_engine_rejects_comes_back_with_its_status(served):
     assert completion(served.url, served.tokens[served.owner], max_tokens=-3).status_code == 400
 
 
+def engine_counts(metrics_url):
+    """(requests running, tokens generated so far) from the engine's own /metrics."""
+    values = {}
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in ("vllm:num_requests_running", "vllm:generation_tokens_total"):
+            values[name] = values.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    return values["vllm:num_requests_running"], values["vllm:generation_tokens_total"]
+
+
+@pytest.mark.slurm
+def test_a_caller_who_hangs_up_mid_stream_stops_the_generation_on_the_engine(served):
+    folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{served.name}")
+    address = json.load(open(f"{folder}/address.json"))
+    metrics = f"http://{address['host']}:{address['port']}/metrics"
+    _, tokens_before = engine_counts(metrics)
+    budget = 480  # seconds of generation on this CPU: far more than it takes to notice the hang-up
+    body = {"model": "tiny", "prompt": "The license", "max_tokens": budget, "min_tokens": budget, "temperature": 0,
+            "stream": True}
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", f"{served.url}/completions", json=body,
+            headers={"Authorization": f"Bearer {served.tokens[served.owner]}"}) as response:
+        assert response.status_code == 200
+        assert next(line for line in response.iter_lines() if line.startswith("data:"))
+    # leaving the block hung up after the first event: the serve service must pass that on to the engine
+    deadline = time.monotonic() + 60
+    while (counts := engine_counts(metrics))[0] > 0:
+        assert time.monotonic() < deadline, "the request was still running a minute after its caller hung up"
+        time.sleep(0.2)
+    generated = counts[1] - tokens_before
+    assert 0 < generated < budget, f"the engine generated {generated:.0f} of {budget} tokens for a caller who hung up"
+
+
 @pytest.mark.slurm
 def test_the_endpoint_survives_a_hub_restart(served):
     served.platform.restart_hub()  # the hub restarts its services; the record and the job stay

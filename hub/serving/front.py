@@ -17,10 +17,12 @@ import signal
 import time
 from urllib.parse import urlparse
 
+import aiohttp
 from jupyterhub.services.auth import HubAuth
-from tornado import httputil, web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 
 from ...common.procutil import die_with_parent
 from .endpoints import EndpointStore, ServeError
@@ -29,6 +31,7 @@ log = logging.getLogger("aif.serve")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length", "host", "cookie", "authorization"}
 GROUPS_TTL_S = 10  # a removed member loses access within this time
+UPSTREAM_KEEPALIVE_S = 30
 
 
 class Identities:
@@ -93,32 +96,31 @@ class EndpointHandler(web.RequestHandler):
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in HOP_BY_HOP}
         headers["Authorization"] = f"Bearer {secret}"
         body = self.request.body if self.request.method == "POST" else None
-        request = HTTPRequest(upstream, method=self.request.method, headers=headers, body=body,
-                              allow_nonstandard_methods=True, follow_redirects=False, decompress_response=False,
-                              request_timeout=3600, header_callback=self._on_header, streaming_callback=self._on_chunk)
+        session: aiohttp.ClientSession = self.settings["upstream"]
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-            failure = response.error if response.code == 599 else None
-        except (HTTPClientError, ConnectionError, OSError) as err:
-            failure = err
-        if failure is not None:
-            return self.fail(502, f"the endpoint's engine at {address[0]}:{address[1]} is not reachable ({failure}); "
-                                  "see `aif serve status`")
+            async with session.request(self.request.method, upstream, headers=headers, data=body,
+                                       allow_redirects=False) as response:
+                self._copy_head(response)
+                async for chunk in response.content.iter_any():
+                    self.write(chunk)
+                    await self.flush()  # each SSE event goes out as the engine sends it
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            if self._headers_written:  # mid-stream: cut the connection, so the caller sees an error, not an end
+                log.warning("the engine at %s:%s broke off a response to %s: %s", *address, path, err)
+                self.request.connection.stream.close()
+                return
+            return self.fail(502, f"the endpoint's engine at {address[0]}:{address[1]} is not reachable "
+                                  f"({err or type(err).__name__}); see `aif serve status`")
+        except StreamClosedError:
+            return  # the caller went away; leaving the block closed the engine connection, which aborts it
         self.finish()
 
-    def _on_header(self, line):
-        if line.startswith("HTTP/"):
-            start = httputil.parse_response_start_line(line.strip())
-            self.set_status(start.code, start.reason)
-            self.clear_header("Content-Type")
-            return
-        key, _, value = line.partition(":")
-        if line.strip() and key.lower() not in HOP_BY_HOP and key.lower() not in ("date", "server"):
-            self.add_header(key.strip(), value.strip())
-
-    def _on_chunk(self, chunk):
-        self.write(chunk)
-        self.flush()  # each SSE event goes out as the engine sends it
+    def _copy_head(self, response):
+        self.set_status(response.status, response.reason)
+        self.clear_header("Content-Type")
+        for key, value in response.headers.items():
+            if key.lower() not in HOP_BY_HOP and key.lower() not in ("date", "server"):
+                self.add_header(key, value)
 
     get = post = head = options = forward
 
@@ -128,21 +130,28 @@ class HealthHandler(web.RequestHandler):
         self.finish({"serve": "ok"})
 
 
-def make_app(prefix, identities):
+def make_app(prefix, identities, upstream):
     prefix = prefix.rstrip("/")
     return web.Application([
         (prefix + "/?", HealthHandler),
         (prefix + r"/([a-z_][a-z0-9_.-]*)/([a-z][a-z0-9-]*)/(.*)", EndpointHandler),
-    ], identities=identities)
+    ], identities=identities, upstream=upstream)
+
+
+def upstream_session():
+    """Kept-alive connections to the engines: a new connection per request cost more than the rest of the hop."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=3600))
 
 
 async def serve():
     die_with_parent()
-    # the default is 10 connections at once: a benchmark's 16 concurrent streams would queue
-    AsyncHTTPClient.configure(None, max_clients=512)
     hub_auth = HubAuth(cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/serve/")
-    app = make_app(prefix, Identities(hub_auth))
+    upstream = upstream_session()
+    app = make_app(prefix, Identities(hub_auth), upstream)
     bind = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8787"))
     server = app.listen(bind.port, bind.hostname, idle_connection_timeout=3600)
     log.info("serve service on %s (prefix %s)", bind.geturl(), prefix)
@@ -152,6 +161,7 @@ async def serve():
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.stop()
+    await upstream.close()
 
 
 def main():
