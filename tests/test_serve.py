@@ -286,7 +286,7 @@ def test_an_endpoint_without_requests_is_stopped_and_one_in_use_is_not(served, m
     deadline = started + 120
     while not json.load(open(f"{idle_folder}/endpoint.json"))["stopped"]:
         # `tiny` is in use all along: a request every second
-        assert httpx.get(f"{served.url}/models", headers=headers, timeout=30).status_code in (200, 503)
+        assert httpx.get(f"{served.url}/models", headers=headers, timeout=30).status_code in (200, 502, 503)
         assert time.monotonic() < deadline, "the idle endpoint was not stopped"
         time.sleep(1)
     assert time.monotonic() - started >= 8
