@@ -272,8 +272,6 @@ def test_bench_run_against_the_endpoint_gives_token_metrics_in_mlflow(served, re
 @pytest.mark.slurm
 def test_an_endpoint_without_requests_is_stopped_and_one_in_use_is_not(served, monkeypatch):
     """With a short idle timeout: `idle` gets no request and is stopped as `aif serve stop` does."""
-    from mlflow.tracking import MlflowClient
-
     idle_folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{IDLE}")
     idle_job = json.load(open(f"{idle_folder}/endpoint.json"))["job_id"]
     deadline = time.monotonic() + 300
@@ -282,6 +280,16 @@ def test_an_endpoint_without_requests_is_stopped_and_one_in_use_is_not(served, m
         time.sleep(2)
     served.platform.extra_config = "c.ServeService.idle_timeout = 8"
     served.platform.restart_hub()
+    try:
+        _idle_endpoint_is_stopped_and_used_one_kept(served, idle_folder, idle_job, monkeypatch)
+    finally:  # the next tests kill `tiny` themselves: the default timeout again
+        served.platform.extra_config = ""
+        served.platform.restart_hub()
+
+
+def _idle_endpoint_is_stopped_and_used_one_kept(served, idle_folder, idle_job, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     headers = {"Authorization": f"Bearer {served.tokens[served.owner]}"}
     started = time.monotonic()
     deadline = started + 120
