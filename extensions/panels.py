@@ -325,13 +325,16 @@ def _run_label(run):
 
 
 class SessionPanel(w.VBox):
-    """Slurm job, node, GPUs (live utilisation/memory), walltime remaining, links; refreshes itself."""
+    """Slurm job, node, GPUs (live utilisation/memory), walltime remaining, links, and the user's
+    served models (`aif serve`) with their URLs and walltime left; refreshes itself."""
 
     def __init__(self, interval_s=5.0, live=True):
         self.interval_s = interval_s
         self.view = w.HTML("")
+        self.endpoints = w.HTML("")
         self._stop = threading.Event()
-        super().__init__([w.HTML("<h4>Your session</h4>"), self.view])
+        super().__init__([w.HTML("<h4>Your session</h4>"), self.view, w.HTML("<h4>Your served models</h4>"),
+                          self.endpoints])
         self.add_class("aif-session-panel")
         self.refresh()
         if live:
@@ -351,6 +354,38 @@ class SessionPanel(w.VBox):
             self.view.value = render_session(self.info)
         except Exception as err:  # noqa: BLE001
             self.view.value = error_box(f"session information unavailable: {err}")
+        try:
+            self.endpoints.value = render_endpoints(served_models())
+        except Exception as err:  # noqa: BLE001 - e.g. an unreadable record
+            self.endpoints.value = error_box(f"served models unavailable: {err}")
+
+
+def served_models(env=None):
+    """This user's endpoints from their records (no Slurm call), with URLs on the hub's public address."""
+    from aifactory.hub.serving.manager import current_user
+    from aifactory.hub.serving.overview import summaries
+
+    return summaries(current_user(), public_base(env))
+
+
+def public_base(env=None):
+    """The hub's public address as the session knows it (from MLflow's URL through the hub), or ""."""
+    uri = (os.environ if env is None else env).get("MLFLOW_TRACKING_URI") or ""
+    return uri[:uri.index("/services/")] if "/services/" in uri else ""
+
+
+def render_endpoints(rows):
+    """The endpoints as an HTML table (every value escaped), or a line on how to start one."""
+    if not rows:
+        return '<div class="aif-endpoints">none (start one with <code>aif serve start MODEL</code>)</div>'
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in ("Endpoint", "State", "URL (base_url)",
+                                                                     "Walltime left"))
+    body = "".join(
+        f'<tr class="aif-endpoint"><td>{html.escape(r["name"])}</td>'
+        f'<td>{html.escape(r["state"])}{" (" + html.escape(r["detail"]) + ")" if r["detail"] else ""}</td>'
+        f'<td><code>{html.escape(r["url"])}</code></td><td>{html.escape(r["walltime_left"])}</td></tr>'
+        for r in rows)
+    return f'<table class="aif-endpoints"><tr>{head}</tr>{body}</table>'
 
 
 def render_session(info):

@@ -22,6 +22,7 @@ from aifactory.hub.testing.platform import start_platform, unique_user
 ROOT = Path(__file__).resolve().parents[1]
 AIF = Path(sys.prefix) / "bin" / "aif"
 ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+IDLE = "idle"  # the second endpoint: it gets no requests and is stopped by the hub's idle stop
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Served:
     group: str
     tokens: dict
     model_dir: Path
+    passwords: dict
     name: str = "tiny"
 
     def aif(self, user, *args, check=True, timeout=600):
@@ -72,13 +74,14 @@ def served(reference_lm):
     with mini_cluster("aif-serve-", users=(owner, member, other)) as cluster:
         platform = start_platform(Path(tempfile.mkdtemp(prefix="aif-serve-platform-")), env=cluster.env())
         try:
-            for user in (owner, member, other):
-                platform.add_user(user, groups=(group,) if user == member else ())
+            passwords = {user: platform.add_user(user, groups=(group,) if user == member else ())
+                         for user in (owner, member, other)}
             tokens = {u: platform.user_token(u) for u in (owner, member, other)}
             s = Served(cluster, platform, owner, member, other, group, tokens,
-                       readable_copy(Path(reference_lm["lm"]), models))
+                       readable_copy(Path(reference_lm["lm"]), models), passwords)
             yield s
-            s.aif(owner, "serve", "stop", s.name, check=False)
+            for name in (s.name, IDLE):
+                s.aif(owner, "serve", "stop", name, check=False)
         finally:
             platform.stop()
             shutil.rmtree(models, ignore_errors=True)

@@ -15,6 +15,7 @@ def test_wheel_holds_the_namespace_and_data(tmp_path):
     for module in ("aifactory/hub/cli.py", "aifactory/hub/platform/launcher.py",
                    "aifactory/hub/platform/jupyterhub_config.py", "aifactory/hub/spawner/templates/batch_script.sh",
                    "aifactory/hub/spawner/templates/spawn_form.html", "aifactory/hub/workshops/templates/trainer.html",
+                   "aifactory/hub/serving/templates/home.html",
                    "aifactory/benchmarks/__init__.py", "aifactory/extensions/__init__.py",
                    "aifactory/images/__init__.py", "aifactory/hub/config/aif_config.example.py"):
         assert module in names, f"{module} missing from the wheel"

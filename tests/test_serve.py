@@ -6,6 +6,7 @@ the last one kills and stops it.
 
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -15,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from aifactory.hub.cli import main
-from serve_fixtures import AIF, ENGINE_PYTHON
+from aifactory.hub.testing.platform import login
+from serve_fixtures import AIF, ENGINE_PYTHON, IDLE
 
 OPENAI_STREAM = """
 import sys, openai
@@ -154,6 +156,24 @@ def test_start_reports_progress_until_ready_and_keeps_the_record_private(served)
 
 
 @pytest.mark.slurm
+def test_the_hub_home_page_lists_the_owners_endpoints_with_url_and_walltime_left(served):
+    # the second endpoint, for the idle stop below: it loads while the next tests run
+    served.aif(served.owner, "serve", "start", str(served.model_dir), "--name", IDLE, "--profile", "cpu",
+               "--cpus", "2", "--memory-gb", "8")
+    page = login(served.platform.url, served.owner, served.passwords[served.owner]).get(
+        f"{served.platform.url}/hub/home", timeout=30)
+    assert page.status_code == 200 and "Your served models" in page.text, page.text[-3000:]
+    row = page.text.split(f'data-endpoint="{served.name}"', 1)[1].split("</tr>", 1)[0]
+    assert f"{served.url}</code>" in row and "running" in row, row
+    assert " min</td>" in row  # the walltime left (2 h profile): "1 h 59 min"
+    assert f'data-endpoint="{IDLE}"' in page.text
+    other = login(served.platform.url, served.other, served.passwords[served.other]).get(
+        f"{served.platform.url}/hub/home", timeout=30)
+    assert other.status_code == 200 and f"/services/serve/{served.owner}/" not in other.text
+    assert "Your served models" not in other.text
+
+
+@pytest.mark.slurm
 def test_owner_gets_a_completion_and_a_streamed_chat_with_the_openai_client(served):
     response = completion(served.url, served.tokens[served.owner])
     assert response.status_code == 200, response.text
@@ -280,6 +300,60 @@ def test_bench_run_against_the_endpoint_gives_token_metrics_in_mlflow(served, re
         assert metrics["ttft_p50_ms"] == pytest.approx(logged["value"] / 1e6)
     assert runs[0].data.metrics["ttft_p50_ms"] == pytest.approx(by_scenario["SingleStream"]["metrics"]["ttft_p50_ms"])
     assert "goodput_requests_per_s" in by_scenario["Server"]["metrics"]
+
+
+@pytest.mark.slurm
+def test_an_endpoint_without_requests_is_stopped_and_one_in_use_is_not(served, monkeypatch):
+    """With a short idle timeout: `idle` gets no request and is stopped as `aif serve stop` does."""
+    idle_folder = os.path.expanduser(f"~{served.owner}/.aif/serve/{IDLE}")
+    idle_job = json.load(open(f"{idle_folder}/endpoint.json"))["job_id"]
+    deadline = time.monotonic() + 300
+    while not served.aif(served.owner, "serve", "status", IDLE).stdout.startswith(f"{IDLE}: ready"):
+        assert time.monotonic() < deadline, served.aif(served.owner, "serve", "status", IDLE).stdout
+        time.sleep(2)
+    served.platform.extra_config = "c.ServeService.idle_timeout = 8"
+    served.platform.restart_hub()
+    try:
+        _idle_endpoint_is_stopped_and_used_one_kept(served, idle_folder, idle_job, monkeypatch)
+    finally:  # the next tests kill `tiny` themselves: the default timeout again
+        served.platform.extra_config = ""
+        served.platform.restart_hub()
+
+
+def _idle_endpoint_is_stopped_and_used_one_kept(served, idle_folder, idle_job, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    headers = {"Authorization": f"Bearer {served.tokens[served.owner]}"}
+    started = time.monotonic()
+    deadline = started + 120
+    while not json.load(open(f"{idle_folder}/endpoint.json"))["stopped"]:
+        # `tiny` is in use all along: a request every second
+        assert httpx.get(f"{served.url}/models", headers=headers, timeout=30).status_code in (200, 502, 503)
+        assert time.monotonic() < deadline, "the idle endpoint was not stopped"
+        time.sleep(1)
+    while time.monotonic() - started < 20:  # in use for more than twice the timeout
+        assert httpx.get(f"{served.url}/models", headers=headers, timeout=30).status_code == 200
+        time.sleep(1)
+    assert not json.load(open(f"{os.path.dirname(idle_folder)}/{served.name}/endpoint.json"))["stopped"]
+    # stopped as `aif serve stop` stops: no job, no route, the reason in status and list
+    assert not served.cluster.run(["squeue", "-h", "-j", idle_job], check=False).stdout.strip()
+    assert not os.path.exists(f"{idle_folder}/address.json")
+    gone = httpx.get(f"{served.platform.url}/services/serve/{served.owner}/{IDLE}/v1/models", headers=headers)
+    assert gone.status_code == 503 and "stopped" in gone.json()["error"]["message"]
+    status = served.aif(served.owner, "serve", "status", IDLE).stdout
+    assert status.startswith(f"{IDLE}: stopped") and "s without requests" in status, status
+    assert int(re.search(r"after (\d+) s without requests", status).group(1)) >= 8, status
+    assert "without requests" in served.aif(served.owner, "serve", "list").stdout
+    assert stat.S_IMODE(os.stat(f"{idle_folder}/endpoint.json").st_mode) == 0o600
+    assert os.stat(f"{idle_folder}/endpoint.json").st_uid == os.stat(idle_folder).st_uid  # still the owner's
+    # its MLflow run was ended as the owner, with the engine's /metrics
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", served.tokens[served.owner])
+    client = MlflowClient(served.platform.mlflow_url)
+    experiment = client.get_experiment_by_name(f"serve-{served.owner}")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`aif.endpoint` = '{IDLE}'")
+    assert run.info.status == "FINISHED" and "aif.stopped" in run.data.tags
+    assert "engine_metrics.prom" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert httpx.get(f"{served.url}/models", headers=headers, timeout=30).status_code == 200
 
 
 @pytest.mark.slurm

@@ -98,6 +98,18 @@
 # c.MLflowService.workers = 2
 
 #-----------------------------------------------------------------------------------------------
+# ServeService(Configurable) configuration
+#-----------------------------------------------------------------------------------------------
+## The hub's serve service: `aif serve` endpoints behind hub tokens (docs/serving.md).
+
+## Seconds without a request through the hub after which an endpoint is stopped, as `aif serve
+#  stop` does (its MLflow run ended, its Slurm job cancelled), so that it releases its GPUs.
+#  Counted from when its engine is ready, and again from each start of the hub. 0: endpoints run
+#  until their walltime or `aif serve stop`.
+#  Default: 3600
+# c.ServeService.idle_timeout = 3600
+
+#-----------------------------------------------------------------------------------------------
 # AIFLocalAuthenticator(Authenticator) configuration
 #-----------------------------------------------------------------------------------------------
 ## Log in with an account from the platform's users file (`aif user add`).

@@ -152,6 +152,24 @@ class MLflowService(Configurable):
     ).tag(config=True)
 
 
+class ServeService(Configurable):
+    """The hub's serve service: `aif serve` endpoints behind hub tokens (docs/serving.md)."""
+
+    idle_timeout = Integer(
+        3600,
+        help="""Seconds without a request through the hub after which an endpoint is stopped,
+        as `aif serve stop` does (its MLflow run ended, its Slurm job cancelled), so that it
+        releases its GPUs. Counted from when its engine is ready, and again from each start of
+        the hub. 0: endpoints run until their walltime or `aif serve stop`.""",
+    ).tag(config=True)
+
+    @validate("idle_timeout")
+    def _check_idle_timeout(self, proposal):
+        if proposal.value < 0:
+            raise ConfigError(f"ServeService.idle_timeout: {proposal.value} is negative (seconds; 0 turns it off)")
+        return proposal.value
+
+
 def load_config_file(path):
     """Load a traitlets config file, turning every failure into a one-line ConfigError."""
     path = Path(path).expanduser()

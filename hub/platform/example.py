@@ -25,9 +25,9 @@ def documented_classes():
     from ..oidc import AIFOIDCAuthenticator
     from ..spawner.env import PlatformEnvMixin
     from ..spawner.slurm import AIFSlurmSpawner
-    from .config import AIFPlatform, MLflowService
+    from .config import AIFPlatform, MLflowService, ServeService
 
-    return [AIFPlatform, MLflowService, AIFLocalAuthenticator, AIFOIDCAuthenticator, PlatformEnvMixin, AIFSlurmSpawner]
+    return [AIFPlatform, MLflowService, ServeService, AIFLocalAuthenticator, AIFOIDCAuthenticator, PlatformEnvMixin, AIFSlurmSpawner]
 
 
 def example_config():

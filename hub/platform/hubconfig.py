@@ -48,6 +48,7 @@ def configure_hub(c):
     _auth(c, rt, state)
     _spawner(c, rt)
     _services_and_roles(c, rt, state)
+    _serve_home_page(c, rt)
     if rt["spawner"] == "slurm":
         # idle sessions must release their GPUs (issue 3); least-privilege service, see culler.py
         from ..culler import add_idle_culler
@@ -182,22 +183,54 @@ def _services_and_roles(c, rt, state):
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", access_mlflow]},
         {"name": "mlflow-service", "services": [MLFLOW_SERVICE], "scopes": ["read:users", "list:users", "read:groups", "list:groups"]},
         {"name": "aif-admin", "services": [ADMIN_SERVICE], "scopes": ADMIN_SERVICE_SCOPES},
-        # the serve service checks each caller's token and groups itself (owner or a shared group)
-        {"name": "serve-service", "services": [SERVE_SERVICE], "scopes": ["read:users", "list:users", "read:groups", "list:groups"]},
+        # the serve service checks each caller's token and groups itself (owner or a shared group);
+        # `tokens`: an idle stop ends the owner's MLflow run with a short-lived MLflow-only token
+        {"name": "serve-service", "services": [SERVE_SERVICE],
+         "scopes": ["read:users", "list:users", "read:groups", "list:groups", "tokens"]},
     ]
 
 
 def _serve_service(rt):
-    """`aif serve` endpoints behind the hub: /services/serve/<owner>/<name>/v1 (hub/serving/front.py)."""
+    """`aif serve` endpoints behind the hub: /services/serve/<owner>/<name>/v1 (hub/serving/front.py).
+
+    Its idle timeout comes from the site's file (c.ServeService), added by finish_hub.
+    """
     passed = (envvars.SERVE_DIR.name, "PATH", "SLURM_CONF")
+    mlflow = f"http://127.0.0.1:{rt['mlflow']['service_port']}/services/{MLFLOW_SERVICE}"
     return {
         "name": SERVE_SERVICE,
         "url": f"http://127.0.0.1:{rt['serve_service_port']}",
         "display": False,  # an API (hub tokens only), no page to open from the Services menu
         **_service_timeout(60),
         "environment": {k: os.environ[k] for k in passed if k in os.environ},
-        "command": [sys.executable, "-m", "aifactory.hub.serving.front"],
+        "command": [sys.executable, "-m", "aifactory.hub.serving.front", "--mlflow-url", mlflow],
     }
+
+
+def _serve_home_page(c, rt):
+    """The owner's endpoints (state, URL, walltime left) on the hub's home page."""
+    from ..serving.overview import HomePageEndpoints
+
+    # first: its home.html extends the stock one ("templates/home.html")
+    c.JupyterHub.template_paths.prepend([str(Path(__file__).parents[1] / "serving" / "templates")])
+    base = rt["public_url"]
+    c.JupyterHub.template_vars.update(
+        {"aif_endpoints": lambda user: HomePageEndpoints(user.name if user else None, base)})
+
+
+def finish_hub(c):
+    """What the site's file may change and the platform passes on; runs after that file is loaded."""
+    from .config import ServeService
+
+    try:
+        serve = ServeService(config=c)
+    except ConfigError:
+        raise
+    except Exception as err:  # a wrongly typed value
+        raise ConfigError(f"invalid configuration value: {err}") from None
+    for service in c.JupyterHub.services:
+        if service.get("name") == SERVE_SERVICE:
+            service["command"] = [*service["command"], "--idle-timeout", str(serve.idle_timeout)]
 
 
 def _workshops(c, rt, state):
@@ -224,4 +257,4 @@ def _workshops(c, rt, state):
     })
     # roles are hub configuration: `aif workshop create/end` restart the hub to change them
     c.JupyterHub.load_roles.extend(ws.trainer_role() for ws in book.active())
-    c.JupyterHub.template_vars = {"announcement": lambda user: announcement_for(book, user)}
+    c.JupyterHub.template_vars.update({"announcement": lambda user: announcement_for(book, user)})

@@ -9,8 +9,9 @@ from aifactory.hub.platform.hubconfig import configure_hub  # noqa: E402
 
 configure_hub(c)  # noqa: F821
 
-from aifactory.hub.platform.hubconfig import site_config_file  # noqa: E402
+from aifactory.hub.platform.hubconfig import finish_hub, site_config_file  # noqa: E402
 
 _site = site_config_file()
 if _site:
     load_subconfig(_site)  # noqa: F821
+finish_hub(c)  # noqa: F821

@@ -5,6 +5,8 @@
 - jobs.py: the endpoint's Slurm job, with the notebook sessions' validated resource request;
 - manager.py: start, status, stop, share: what the CLI does, as a Python API;
 - front.py: the hub-managed service that authenticates hub tokens and proxies to the engine;
+- idle.py: the service's idle stop (ServeService.idle_timeout);
+- overview.py + templates/: the user's endpoints on the hub's home page and in the session panel;
 - tracking.py: each endpoint as an MLflow run;
 - cli.py: `aif serve start|list|status|logs|stop|share`.
 """

@@ -6,12 +6,7 @@ import click
 
 from ...common.errors import cli_errors
 from . import manager
-
-SERVICE_PREFIX = "/services/serve"
-
-
-def hub_path(endpoint):
-    return f"{SERVICE_PREFIX}/{endpoint.owner}/{endpoint.name}/v1"
+from .overview import hub_path
 
 
 @click.group()
@@ -54,7 +49,8 @@ def list_endpoints():
     for endpoint in endpoints:
         state = manager.describe(endpoint)
         shared = f", shared with {', '.join(endpoint.groups)}" if endpoint.groups else ""
-        click.echo(f"{endpoint.name}\t{state.phase}\t{hub_path(endpoint)}\t{endpoint.model}{shared}")
+        phase = f"{state.phase} {endpoint.stop_reason}" if endpoint.stopped and endpoint.stop_reason else state.phase
+        click.echo(f"{endpoint.name}\t{phase}\t{hub_path(endpoint)}\t{endpoint.model}{shared}")
 
 
 @serve.command()

@@ -81,6 +81,8 @@ class Endpoint:
     groups: list = field(default_factory=list)
     stopped: float = 0.0
     mlflow_run_id: str = ""
+    #: why it was stopped when not by its owner (the hub's idle stop), e.g. "after 3600 s without requests"
+    stop_reason: str = ""
 
     @property
     def folder(self):
@@ -98,10 +100,28 @@ class Endpoint:
         return data["host"], int(data["port"])
 
     def node(self):
+        return self._address_field("node") or ""
+
+    def started(self):
+        """When the job started (epoch seconds, from address.json), or None before it did."""
+        started = self._address_field("started")
+        if started is None and (self.folder / ADDRESS_FILE).exists():  # a record from before "started"
+            return (self.folder / ADDRESS_FILE).stat().st_mtime
+        return float(started) if started is not None else None
+
+    def walltime_left(self, now=None):
+        """Seconds left of the job's walltime, or None before the job started."""
+        started = self.started()
+        if started is None:
+            return None
+        minutes = int(self.request.get("minutes") or int(self.request.get("hours") or 0) * 60)
+        return max(0.0, started + minutes * 60 - (now or time.time()))
+
+    def _address_field(self, key):
         try:
-            return json.loads((self.folder / ADDRESS_FILE).read_text()).get("node", "")
+            return json.loads((self.folder / ADDRESS_FILE).read_text()).get(key)
         except (OSError, ValueError):
-            return ""
+            return None
 
     def log_path(self):
         return self.folder / LOG_FILE

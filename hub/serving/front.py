@@ -9,6 +9,7 @@ on its node with the endpoint's own secret, and the answer streams back as it co
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -26,6 +27,7 @@ from tornado.iostream import StreamClosedError
 
 from ...common.procutil import die_with_parent
 from .endpoints import EndpointStore, ServeError
+from .idle import IdleWatch
 
 log = logging.getLogger("aif.serve")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -87,7 +89,14 @@ class EndpointHandler(web.RequestHandler):
         if address is None:
             state = "stopped" if endpoint.stopped else "not started yet (see `aif serve status`)"
             return self.fail(503, f"endpoint {owner}/{name} is {state}")
-        await self._stream(address, endpoint.secret(), path)
+        watch = self.settings.get("idle_watch")
+        if watch:
+            watch.seen(endpoint)
+        try:
+            await self._stream(address, endpoint.secret(), path)
+        finally:
+            if watch:
+                watch.seen(endpoint)  # a long streamed answer is activity until its end
 
     async def _stream(self, address, secret, path):
         upstream = f"http://{address[0]}:{address[1]}/{path}"
@@ -130,12 +139,12 @@ class HealthHandler(web.RequestHandler):
         self.finish({"serve": "ok"})
 
 
-def make_app(prefix, identities, upstream):
+def make_app(prefix, identities, upstream, idle_watch=None):
     prefix = prefix.rstrip("/")
     return web.Application([
         (prefix + "/?", HealthHandler),
         (prefix + r"/([a-z_][a-z0-9_.-]*)/([a-z][a-z0-9-]*)/(.*)", EndpointHandler),
-    ], identities=identities, upstream=upstream)
+    ], identities=identities, upstream=upstream, idle_watch=idle_watch)
 
 
 def upstream_session():
@@ -146,12 +155,25 @@ def upstream_session():
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=3600))
 
 
-async def serve():
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="The hub's serve service (aif serve endpoints).")
+    parser.add_argument("--idle-timeout", type=int, default=0,
+                        help="stop endpoints without requests for this many seconds (0: never)")
+    parser.add_argument("--mlflow-url", default="", help="the hub's MLflow service, for the runs of idle stops")
+    return parser.parse_args(argv)
+
+
+async def serve(args):
     die_with_parent()
     hub_auth = HubAuth(cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/serve/")
     upstream = upstream_session()
-    app = make_app(prefix, Identities(hub_auth), upstream)
+    watch = watching = None
+    if args.idle_timeout > 0:
+        watch = IdleWatch(args.idle_timeout, hub_auth.api_url, hub_auth.api_token, args.mlflow_url)
+        watching = asyncio.ensure_future(watch.run())
+        log.info("idle stop after %d s without requests (checked every %.0f s)", args.idle_timeout, watch.interval)
+    app = make_app(prefix, Identities(hub_auth), upstream, watch)
     bind = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8787"))
     server = app.listen(bind.port, bind.hostname, idle_connection_timeout=3600)
     log.info("serve service on %s (prefix %s)", bind.geturl(), prefix)
@@ -160,14 +182,17 @@ async def serve():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if watching:
+        watching.cancel()
     server.stop()
     await upstream.close()
 
 
-def main():
+def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    args = parse_args(argv)
     IOLoop.current()
-    asyncio.run(serve())
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ chmod 600 {log} 2>/dev/null || true  # Slurm created it with the submitter's uma
 # the engine binds the node's own address: the hub's serve service reaches it there
 AIF_HOST="${{{host_var}:-$({python} -c 'import socket; print(socket.gethostbyname(socket.gethostname()))')}}"
 AIF_PORT="$({python} -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$AIF_HOST")"
-printf '{{"host": "%s", "port": %s, "job_id": "%s", "node": "%s"}}\\n' "$AIF_HOST" "$AIF_PORT" "$SLURM_JOB_ID" \\
-  "$SLURMD_NODENAME" > {address}.tmp
+printf '{{"host": "%s", "port": %s, "job_id": "%s", "node": "%s", "started": %s}}\\n' "$AIF_HOST" "$AIF_PORT" \\
+  "$SLURM_JOB_ID" "$SLURMD_NODENAME" "$(date +%s)" > {address}.tmp
 mv {address}.tmp {address}
 echo "aif serve: {engine} for {name} on $SLURMD_NODENAME ($AIF_HOST:$AIF_PORT), job $SLURM_JOB_ID"
 # the per-endpoint key: other users' jobs on this node cannot call the engine without it

@@ -72,7 +72,8 @@ def status(name, user=None):
 
 def describe(endpoint):
     if endpoint.stopped:
-        return Status(endpoint, "stopped", f"stopped at {_when(endpoint.stopped)}")
+        reason = f" {endpoint.stop_reason}" if endpoint.stop_reason else ""
+        return Status(endpoint, "stopped", f"stopped at {_when(endpoint.stopped)}{reason}")
     job = job_state(endpoint.job_id)
     if job.state == "PENDING":
         where = f"position {job.position} in partition {job.partition}" if job.position else f"partition {job.partition}"
@@ -115,8 +116,11 @@ def wait_ready(name, timeout, user=None, on_change=None):
         time.sleep(1)
 
 
-def stop(name, user=None, remove=False):
-    """Cancel the job (an ended job is fine) and mark the endpoint stopped; `remove` deletes its record."""
+def stop(name, user=None, remove=False, reason=""):
+    """Cancel the job (an ended job is fine) and mark the endpoint stopped; `remove` deletes its record.
+
+    `reason`: why, when not its owner's `aif serve stop` (the hub's idle stop); status shows it.
+    """
     store = EndpointStore(user or current_user())
     endpoint = store.get(name)
     job = job_state(endpoint.job_id) if endpoint.job_id else None
@@ -125,7 +129,8 @@ def stop(name, user=None, remove=False):
     if job and job.state:
         cancel(endpoint.job_id)
         _wait_job_gone(endpoint.job_id)
-    endpoint.stopped = endpoint.stopped or time.time()
+    if not endpoint.stopped:
+        endpoint.stopped, endpoint.stop_reason = time.time(), reason
     endpoint.save()
     (endpoint.folder / "address.json").unlink(missing_ok=True)  # nothing points at a dead engine
     if remove:
