@@ -30,6 +30,7 @@ from aifactory.hub.testing.ci import require_root
 from aifactory.hub.testing.kernel import run_in_kernel
 from aifactory.hub.testing.platform import login, open_lab, start_server, unique_user
 from aifactory.hub.unix_accounts import ensure_unix_user, remove_unix_user
+from tenancy_cases import ATTACK, state_paths
 
 SECRET = "company A's notebook"
 
@@ -103,51 +104,6 @@ def test_two_users_sessions_run_as_two_different_non_root_accounts(tenants):
     # and from inside: the kernel is the user's own process, with the user's home
     out = json.loads(tenants.in_session(tenants.b, "import os, json; print(json.dumps([os.getuid(), os.getcwd()]))"))
     assert out == [uids[tenants.b], pwd.getpwnam(tenants.b).pw_dir]
-
-
-def state_paths(platform):
-    """What B must not open: the platform's state, by the part it is."""
-    state = platform.state
-    rt = platform.runtime
-    sqlite = rt["mlflow"]["backend_store_uri"].removeprefix("sqlite:///")
-    return {
-        "read the MLflow database": ("read", sqlite),
-        "read MLflow's auth database": ("read", rt["mlflow"]["auth_db_uri"].removeprefix("sqlite:///")),
-        "list the MLflow store folder (databases, artifacts)": ("list", os.path.dirname(sqlite)),
-        "read the hub database": ("read", str(state / "hub" / "jupyterhub.sqlite")),
-        "read the hub log": ("read", str(state / "logs" / "hub.log")),
-        "list the logs": ("list", str(state / "logs")),
-        "read the cookie secret": ("read", str(state / "secrets" / "cookie_secret")),
-        "read the admin password": ("read", str(platform.admin_password_file)),
-        "read runtime.json (service token)": ("read", str(state / "runtime.json")),
-        "read the users file": ("read", str(state / "users.json")),
-        "list the state directory": ("list", str(state)),
-        "write into the state directory": ("write", str(state / "planted.txt")),
-    }
-
-
-ATTACK = """
-import json, os, signal
-results = {}
-def attempt(case, action, target):
-    try:
-        if action == "read":
-            open(target, "rb").read(1)
-        elif action == "list":
-            os.listdir(target)
-        elif action == "write":
-            open(target, "w").write("planted")
-        elif action == "signal":
-            os.kill(int(target), signal.SIGTERM)
-        results[case] = "ALLOWED"
-    except PermissionError as err:
-        results[case] = "refused: " + os.strerror(err.errno)
-    except OSError as err:
-        results[case] = "other: " + repr(err)
-for case, (action, target) in CASES.items():
-    attempt(case, action, target)
-print(json.dumps(results))
-"""
 
 
 def test_a_session_cannot_reach_another_users_files_or_the_platform_state(tenants):
