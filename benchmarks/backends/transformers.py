@@ -112,8 +112,7 @@ class TransformersBackend(KVCacheAccount, TorchCudaMemory, Backend):
     def generate(self, batch, stream: TokenStream | None = None):
         """Generate for every row of `batch` (TokenizedPrompts); returns the generated ids per row."""
         torch = self.torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
+        from transformers import StoppingCriteriaList
 
         cfg = self.generation
         ids, mask = left_pad(list(batch.ids), self.pad_id)
@@ -121,28 +120,12 @@ class TransformersBackend(KVCacheAccount, TorchCudaMemory, Backend):
                              min_tokens=self.min_new_tokens)
         budgets = tracker.budgets
         prompt_len = ids.shape[1]
-        limit = torch.as_tensor(budgets, device=self.device)
-
-        class Streamer(BaseStreamer):
-            def __init__(self):
-                self.prompt_seen = False
-
-            def put(self, value):
-                if not self.prompt_seen:  # generate() first hands over the prompt
-                    self.prompt_seen = True
-                    return
-                tracker.step(value.tolist())
-
-            def end(self):
-                pass
-
-        class Budgets(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return (input_ids.shape[1] - prompt_len) >= limit
-
+        # rows of one budget (every SingleStream query) stop at max_new_tokens: no check per step
+        stopping = StoppingCriteriaList([] if len(set(budgets)) == 1 else
+                                        [_RowBudgets(prompt_len, torch.as_tensor(budgets, device=self.device))])
         self.note_kv(len(budgets), prompt_len + max(budgets))
         kwargs = dict(max_new_tokens=max(budgets), do_sample=cfg.do_sample, pad_token_id=self.pad_id,
-                      streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Budgets()]))
+                      streamer=_TrackerStreamer(tracker), stopping_criteria=stopping)
         if cfg.do_sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
             torch.manual_seed(cfg.seed)
@@ -192,3 +175,30 @@ class TransformersBackend(KVCacheAccount, TorchCudaMemory, Backend):
 
     def close(self):
         self.torch.set_num_threads(self._saved_threads)
+
+
+class _TrackerStreamer:
+    """transformers' streamer protocol (put/end) feeding a RowTracker; the first put is the prompt."""
+
+    def __init__(self, tracker):
+        self.step = tracker.step
+        self.prompt_seen = False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.step(value.tolist())
+        else:
+            self.prompt_seen = True
+
+    def end(self):
+        pass
+
+
+class _RowBudgets:
+    """A StoppingCriteria: each row stops at its own budget of new tokens (rows of different budgets)."""
+
+    def __init__(self, prompt_len, limits):
+        self.prompt_len, self.limits = prompt_len, limits
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids.shape[1] - self.prompt_len) >= self.limits
