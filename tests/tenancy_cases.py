@@ -1,6 +1,7 @@
 """The filesystem attack cases run from inside user B's session, shared by the embedded default
 (test_tenancy.py) and the Slurm mini-cluster (test_tenancy_slurm.py)."""
 
+import json
 import os
 
 
@@ -47,3 +48,25 @@ for case, (action, target) in CASES.items():
     attempt(case, action, target)
 print(json.dumps(results))
 """
+
+
+def home_cases(home, own_file, server_pid):
+    """What B must not do to A's home and A's server process."""
+    return {
+        "read A's file": ("read", f"{home}/{own_file}"),
+        "list A's home": ("list", home),
+        "write into A's home": ("write", f"{home}/planted.txt"),
+        "signal A's server process": ("signal", str(server_pid)),
+    }
+
+
+def assert_all_refused(in_b_session, cases):
+    """Run every case in B's kernel (`in_b_session(code)` -> its stdout); each must be refused by the OS."""
+    for action, path in cases.values():  # each target exists: a refusal is not a missing file
+        assert action in ("write", "signal") or os.path.exists(path), path
+    results = json.loads(in_b_session(f"CASES = {cases!r}\n{ATTACK}"))
+    assert set(results) == set(cases)
+    allowed = {case: r for case, r in results.items() if not r.startswith("refused")}
+    assert not allowed, allowed
+    planted = [path for action, path in cases.values() if action == "write" and os.path.exists(path)]
+    assert not planted, planted

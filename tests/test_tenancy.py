@@ -30,7 +30,7 @@ from aifactory.hub.testing.ci import require_root
 from aifactory.hub.testing.kernel import run_in_kernel
 from aifactory.hub.testing.platform import login, open_lab, start_server, unique_user
 from aifactory.hub.unix_accounts import ensure_unix_user, remove_unix_user
-from tenancy_cases import ATTACK, state_paths
+from tenancy_cases import assert_all_refused, home_cases, state_paths
 
 SECRET = "company A's notebook"
 
@@ -108,21 +108,8 @@ def test_two_users_sessions_run_as_two_different_non_root_accounts(tenants):
 
 def test_a_session_cannot_reach_another_users_files_or_the_platform_state(tenants):
     home_a = pwd.getpwnam(tenants.a).pw_dir
-    cases = {
-        "read A's notebook file": ("read", f"{home_a}/secret.txt"),
-        "list A's home": ("list", home_a),
-        "write into A's home": ("write", f"{home_a}/planted.txt"),
-        "signal A's server process": ("signal", str(tenants.pid[tenants.a])),
-        **state_paths(tenants.platform),
-    }
-    for action, path in cases.values():  # each target exists: a refusal is not a missing file
-        assert action in ("write", "signal") or os.path.exists(path), path
-    out = tenants.in_session(tenants.b, f"CASES = {cases!r}\n{ATTACK}")
-    results = json.loads(out)
-    assert results == {case: results[case] for case in cases}
-    allowed = {case: r for case, r in results.items() if not r.startswith("refused")}
-    assert not allowed, allowed
-    assert not os.path.exists(f"{home_a}/planted.txt") and not (tenants.platform.state / "planted.txt").exists()
+    cases = {**home_cases(home_a, "secret.txt", tenants.pid[tenants.a]), **state_paths(tenants.platform)}
+    assert_all_refused(lambda code: tenants.in_session(tenants.b, code), cases)
     print(f"\n{len(cases)} filesystem attack cases from B's kernel, all refused by the OS")
 
 
