@@ -244,6 +244,46 @@ def check_bad_project(platform, a, root, where, name, members, bad, expected):
         pwd.getpwnam(a)
 
 
+def test_members_are_added_and_removed_and_a_removed_member_is_refused(platform, project_people):
+    (a, b, outsider), root = project_people
+    name = unique_user("acmf")
+    ensure_unix_user(b)  # a user of the platform, as after their first session
+    made = aif(platform, "project", "create", name, "--members", a, "--projects-root", str(root))
+    try:
+        assert made.returncode == 0, made.stderr
+        space = root / name
+        assert as_user(a, f"echo plan > {space}/plan.txt").returncode == 0
+        refused = as_user(b, f"cat {space}/plan.txt")
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+        added = aif(platform, "project", "add", name, b)
+        assert added.returncode == 0, added.stderr
+        link = Path(pwd.getpwnam(b).pw_dir) / "projects" / name
+        assert as_user(b, f"cat {space}/plan.txt && echo more >> {link}/plan.txt").stdout == "plan\n"
+        assert sorted(platform.api("GET", f"/groups/{name}").json()["users"]) == sorted([a, b])
+        listed = aif(platform, "project", "list").stdout.splitlines()
+        assert f"{name}\t{space}\t{','.join(sorted([a, b]))}" in listed
+
+        for args, expected in (([name, b], f"{b}: already a member of {name}"),
+                               ([name, "nosuchuser9"], "no hub user 'nosuchuser9'"),
+                               (["nosuchproject", b], "no project 'nosuchproject'")):
+            again = aif(platform, "project", "add", *args)
+            assert again.returncode == 1 and expected in again.stderr, again.stderr
+        stranger = aif(platform, "project", "remove", name, outsider)
+        assert stranger.returncode == 1 and f"{outsider}: not a member of {name}" in stranger.stderr
+
+        removed = aif(platform, "project", "remove", name, b)
+        assert removed.returncode == 0, removed.stderr
+        refused = as_user(b, f"cat {space}/plan.txt")
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr
+        assert not link.is_symlink()
+        assert platform.api("GET", f"/groups/{name}").json()["users"] == [a]
+        assert b not in grp.getgrnam(name).gr_mem and (space / "plan.txt").read_text() == "plan\nmore\n"
+    finally:
+        platform.api("DELETE", f"/groups/{name}")
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
 # --- nothing phones home -------------------------------------------------------------------------
 
 class ConnectionWatch:

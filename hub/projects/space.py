@@ -1,4 +1,5 @@
-"""A company's project space: `aif project create acme --members alice,bob`.
+"""A company's project space: `aif project create acme --members alice,bob`, then
+`aif project add acme carol`, `aif project remove acme bob`, `aif project list`.
 
 What it makes, all or nothing:
 - a Unix group `acme` with the members in it (a session sees it from its next start);
@@ -8,7 +9,10 @@ What it makes, all or nothing:
 - a hub group `acme` with the same members and the property `aif_project` (its path): MLflow
   shares with that group (the existing share mechanism) reach exactly the same people;
 - `~/projects/acme`, a link in each member's home, which JupyterLab shows.
-Nobody else can list the directory.
+Nobody else can list the directory. Adding a member makes the same three things for them (group,
+hub group, link); removing one takes them away again. A session keeps the Unix groups it started
+with, so a removed member's running session keeps access until it stops: `remove` names those
+sessions, and `--stop-sessions` stops them.
 """
 
 import grp
@@ -72,6 +76,21 @@ def check_projects_root(root):
     return root
 
 
+def check_members(platform, members, flag="--members"):
+    """Sorted, deduplicated hub users; each a valid account name and known to the hub."""
+    members = sorted({m.strip() for m in members if m.strip()})
+    if not members:
+        raise ProjectError(f"{flag}: name at least one hub user")
+    for member in members:
+        try:
+            check_name(member, "member")
+        except AccountError as err:
+            raise ProjectError(f"{flag}: {err}") from None
+        if platform.api("GET", f"/users/{member}").status_code != 200:
+            raise ProjectError(f"{flag}: no hub user {member!r}; create it first (aif user add {member})")
+    return members
+
+
 class ProjectMaker:
     """Makes one project space on a running platform, undoing every step if a later one fails."""
 
@@ -82,7 +101,7 @@ class ProjectMaker:
 
     def create(self, name, members):
         check_project_name(name)
-        members = self._check_members(members)
+        members = check_members(self.platform, members)
         check_projects_root(self.root)
         try:
             gid = self._unix_group(name, members)
@@ -95,19 +114,6 @@ class ProjectMaker:
                 step()
             raise
         return path
-
-    def _check_members(self, members):
-        members = sorted({m.strip() for m in members if m.strip()})
-        if not members:
-            raise ProjectError("--members: name at least one hub user")
-        for member in members:
-            try:
-                check_name(member, "member")
-            except AccountError as err:
-                raise ProjectError(f"--members: {err}") from None
-            if self.platform.api("GET", f"/users/{member}").status_code != 200:
-                raise ProjectError(f"--members: no hub user {member!r}; create it first (aif user add {member})")
-        return members
 
     def _unix_group(self, name, members):
         subprocess.run(["groupadd", name], check=True, capture_output=True, timeout=60)
@@ -136,16 +142,99 @@ class ProjectMaker:
         api("POST", f"/groups/{name}/users", json={"users": members}).raise_for_status()
 
     def _link(self, member, name, path):
-        account = pwd.getpwnam(member)
-        folder = Path(account.pw_dir) / "projects"
-        if not folder.exists():
-            folder.mkdir(mode=0o700)
-            os.chown(folder, account.pw_uid, account.pw_gid)
-            self.undo.append(lambda: _remove_tree(folder))
-        link = folder / name
-        link.symlink_to(path)
-        os.lchown(link, account.pw_uid, account.pw_gid)
-        self.undo.append(lambda: link.unlink(missing_ok=True))
+        self.undo.append(link_space(member, name, path))
+
+
+def link_space(member, name, path):
+    """~member/projects/NAME -> the space (the folder made if needed); returns how to undo it."""
+    account = pwd.getpwnam(member)
+    folder = Path(account.pw_dir) / "projects"
+    made_folder = not folder.exists()
+    if made_folder:
+        folder.mkdir(mode=0o700)
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    link = folder / name
+    link.symlink_to(path)
+    os.lchown(link, account.pw_uid, account.pw_gid)
+
+    def undo():
+        link.unlink(missing_ok=True)
+        if made_folder:
+            _remove_tree(folder)
+    return undo
+
+
+def unlink_space(member, name):
+    link = Path(pwd.getpwnam(member).pw_dir) / "projects" / name
+    if link.is_symlink():
+        link.unlink()
+
+
+class Projects:
+    """The platform's existing projects: list them, add and remove members (all or nothing)."""
+
+    def __init__(self, platform):
+        self.platform = platform
+
+    def all(self):
+        """[(name, path, members)] of every hub group marked as a project."""
+        groups = self.platform.api("GET", "/groups").json()
+        groups = groups.get("items", groups) if isinstance(groups, dict) else groups
+        return sorted((g["name"], g["properties"][PROJECT_PROPERTY], sorted(g["users"]))
+                      for g in groups if PROJECT_PROPERTY in (g.get("properties") or {}))
+
+    def get(self, name):
+        """(path, members) of project NAME, else ProjectError."""
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ProjectError(f"project name {name!r} is not a valid Unix group name")
+        found = self.platform.api("GET", f"/groups/{name}")
+        group = found.json() if found.status_code == 200 else {}
+        if PROJECT_PROPERTY not in (group.get("properties") or {}):
+            raise ProjectError(f"no project {name!r} (see `aif project list`)")
+        return Path(group["properties"][PROJECT_PROPERTY]), sorted(group["users"])
+
+    def add(self, name, users):
+        path, members = self.get(name)
+        users = check_members(self.platform, users, "users")
+        already = sorted(set(users) & set(members))
+        if already:
+            raise ProjectError(f"{', '.join(already)}: already a member of {name}")
+        undo = []
+        try:
+            for user in users:
+                ensure_unix_user(user, groups=[name])  # an account made here stays: it is the user's
+                undo.append(lambda user=user: _leave_unix_group(user, name))
+                undo.append(link_space(user, name, path))
+            self.platform.api("POST", f"/groups/{name}/users", json={"users": users}).raise_for_status()
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        return path
+
+    def remove(self, name, users, stop_sessions=False):
+        """Take users out of project NAME; returns those whose running sessions keep access (none if stopped)."""
+        path, members = self.get(name)
+        users = sorted({u.strip() for u in users if u.strip()})
+        strangers = sorted(set(users) - set(members))
+        if not users or strangers:
+            raise ProjectError(f"users: {', '.join(strangers) or '(none)'}: not a member of {name} "
+                               f"(members: {', '.join(members)})")
+        api = self.platform.api
+        api("DELETE", f"/groups/{name}/users", json={"users": users}).raise_for_status()
+        for user in users:
+            _leave_unix_group(user, name)
+            unlink_space(user, name)
+        running = [u for u in users if api("GET", f"/users/{u}").json().get("server")]
+        if stop_sessions:
+            for user in running:
+                api("DELETE", f"/users/{user}/server")
+            return []
+        return running
+
+
+def _leave_unix_group(user, group):
+    subprocess.run(["gpasswd", "--delete", user, group], capture_output=True, timeout=60)
 
 
 def _remove_tree(path):
