@@ -184,6 +184,11 @@ class IdentityBook:
             book[name] = identity
         return True
 
+    def unbind(self, name):
+        """Release `name` (`aif user unbind`); returns the identity it was bound to, or None."""
+        with self.file.editing() as book:
+            return book.pop(name, None)
+
 
 def _provider_error(err):
     """'error: description' of an OAuth error response, else None."""
@@ -621,6 +626,10 @@ class AIFOIDCAuthenticator(GenericOAuthenticator):
             # a local account (also one made through the API that only ever used a token): valid
             # while its record is; a seat that was removed or has expired must log in again (and cannot)
             return self._local_valid(user.name)
+        if IdentityBook(self.identities_file).owner(user.name) != self._identity({"auth_state": auth_state}):
+            # released by `aif user unbind` (or taken by the identity it was given to): log in again
+            self.log.warning("%s is no longer bound to this identity: login required", user.name)
+            return False
         try:
             refreshed = await super().refresh_user(user, handler, **kwargs)
         except Exception as err:

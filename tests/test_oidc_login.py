@@ -6,7 +6,10 @@ tests do not depend on each other's order. auth_refresh_age is 4 s, so that chan
 provider reach the hub on the next page after a short wait.
 """
 
+import os
 import re
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -309,8 +312,27 @@ def test_two_identities_never_merge_into_one_name(browser, hub, idp):
     sign_in(other, hub, idp, second)
     text = body(other)
     assert "403" in text and "already belongs to another identity" in text, text
+
+    # the operator gives the name to the second identity: refused without --yes, naming the owner
+    name = f"ann-lee{n}"
+    unconfirmed = aif(hub, "user", "unbind", name)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr and idp.issuer in unconfirmed.stderr
+    released = aif(hub, "user", "unbind", name, "--yes")
+    assert released.returncode == 0 and f"{name} released from {idp.issuer}" in released.stdout, released.stderr
+    time.sleep(REFRESH_AGE + 0.5)  # the first identity's next request refreshes its auth: no longer its name
+    one.goto(f"{hub.url}/hub/home")
+    assert not one.url.startswith(f"{hub.url}/hub/home"), one.url
+    sign_in(other, hub, idp, second)
+    assert other.url == f"{hub.url}/hub/home", body(other)
+    assert aif(hub, "user", "unbind", f"nobody{n}").stderr.strip().endswith(f"no provider identity is bound to "
+                                                                            f"'nobody{n}'")
     for p in (one, other):
         p.context.close()
+
+
+def aif(hub, *args):
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "aif"), *args, "--state-dir", str(hub.state)],
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_provider_account_cannot_take_a_local_account_name(page, hub, idp):

@@ -193,7 +193,7 @@ def config_generate(output):
 
 @click.group()
 def user():
-    """Manage accounts of the local authenticator."""
+    """Manage accounts: the local ones, and which provider identity a federated name belongs to."""
 
 
 @user.command("add")
@@ -231,6 +231,32 @@ def user_remove(name, state_dir):
     """Remove an account (its files and MLflow runs are kept)."""
     if not Platform(state_dir).users.remove(name):
         raise click.ClickException(f"no user {name!r}")
+
+
+@user.command("unbind")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Confirm: NAME's files and runs go to the next identity that logs in as NAME.")
+@state_dir_option()
+@cli_errors
+def user_unbind(name, yes, state_dir):
+    """Release NAME from the provider identity it is bound to (federated login).
+
+    For a person whose identity changed at the provider (a new subject): the next identity that
+    logs in as NAME takes the name, with its home, sessions and MLflow runs. The old identity's
+    browser sessions must log in again at their next auth refresh, and are then refused.
+    """
+    from ..oidc import IdentityBook
+    from .hubconfig import IDENTITIES_FILE
+
+    book = IdentityBook(Platform(state_dir).state / IDENTITIES_FILE)
+    identity = book.owner(name)
+    if identity is None:
+        raise click.ClickException(f"no provider identity is bound to {name!r}")
+    if not yes:
+        raise click.ClickException(f"{name!r} is bound to {identity}; unbinding gives {name}'s home, sessions and "
+                                   "runs to the next identity that logs in as it. Rerun with --yes to do so")
+    book.unbind(name)
+    click.echo(f"{name} released from {identity}; the next identity that logs in as {name} takes it")
 
 
 __all__ = ["up", "down", "status", "config", "user"]

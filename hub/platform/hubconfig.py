@@ -109,6 +109,9 @@ def _auth(c, rt, state):
     c.AIFLocalAuthenticator.users_file = str(state / "users.json")
 
 
+IDENTITIES_FILE = "oidc-identities.json"  # which provider identity owns which hub name (hub/oidc.py)
+
+
 def oidc_defaults(public_url, state):
     """What the platform decides for federated login: its URLs and where it keeps the files.
 
@@ -119,7 +122,7 @@ def oidc_defaults(public_url, state):
         "oauth_callback_url": f"{hub}/oauth_callback",  # the redirect URI to register with the provider
         "post_logout_redirect_uri": f"{hub}/login",
         "users_file": str(Path(state) / "users.json"),
-        "identities_file": str(Path(state) / "oidc-identities.json"),
+        "identities_file": str(Path(state) / IDENTITIES_FILE),
         "discovery_cache": str(Path(state) / "oidc-discovery.json"),
         "refresh_pre_spawn": True,  # a user revoked at the provider cannot start a new session
     }
